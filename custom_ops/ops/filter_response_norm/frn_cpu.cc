@@ -1,0 +1,72 @@
+// CPU execution-provider wrapper of normexport::FilterResponseNorm.
+// Splits the N*C planes into tasks run on ORT's intra-op thread pool.
+#include <algorithm>
+#include <cstdint>
+
+#include "filter_response_norm/frn_core.h"
+#include "filter_response_norm/frn_op.h"
+
+namespace normexport {
+namespace frn {
+namespace {
+
+// A task should touch at least this many elements so scheduling overhead stays small.
+constexpr int64_t kMinElementsPerTask = int64_t{1} << 15;
+// Upper bound on tasks: enough for load balancing on large machines.
+constexpr int64_t kMaxTasks = 1024;
+
+template <typename T>
+struct CpuJob {
+  const T* x;
+  T* y;
+  const T* gamma;
+  const T* beta;
+  const T* tau;
+  int64_t C, plane_size, num_planes, planes_per_task;
+  float eps;
+  bool tlu;
+
+  void Run(int64_t task) const noexcept {
+    const int64_t begin = task * planes_per_task;
+    const int64_t end = std::min(num_planes, begin + planes_per_task);
+    if (begin < end) filter_response_norm_planes<T>(x, y, gamma, beta, tau, C, plane_size, {begin, end}, eps, tlu);
+  }
+  static void RunTask(void* job, size_t task) { static_cast<const CpuJob*>(job)->Run(static_cast<int64_t>(task)); }
+};
+
+}  // namespace
+
+template <typename T>
+OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
+  return Guarded(node, [&]() -> OrtStatus* {
+    Ort::KernelContext kc(context);
+    Problem p;
+    if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
+    if (p.num_elements == 0) return nullptr;  // empty tensor: empty output
+
+    const int64_t min_planes = std::max<int64_t>(1, (kMinElementsPerTask + p.plane_size - 1) / p.plane_size);
+    int64_t num_tasks = (p.num_planes + min_planes - 1) / min_planes;
+    num_tasks = std::max<int64_t>(1, std::min(num_tasks, kMaxTasks));
+    const int64_t planes_per_task = (p.num_planes + num_tasks - 1) / num_tasks;
+    num_tasks = (p.num_planes + planes_per_task - 1) / planes_per_task;
+
+    CpuJob<T> job{static_cast<const T*>(p.x), static_cast<T*>(p.y), static_cast<const T*>(p.gamma),
+                  static_cast<const T*>(p.beta), static_cast<const T*>(p.tau), p.C, p.plane_size,
+                  p.num_planes, planes_per_task, a.eps, a.tlu};
+    if (num_tasks == 1) {
+      job.Run(0);
+    } else {
+      // One batch per task; ORT runs them on the session's intra-op pool
+      // (sequentially when intra_op_num_threads == 1).
+      kc.ParallelFor(&CpuJob<T>::RunTask, static_cast<size_t>(num_tasks), static_cast<size_t>(num_tasks), &job);
+    }
+    return nullptr;
+  });
+}
+
+template OrtStatus* ComputeCpu<float>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+template OrtStatus* ComputeCpu<half>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+template OrtStatus* ComputeCpu<double>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+
+}  // namespace frn
+}  // namespace normexport

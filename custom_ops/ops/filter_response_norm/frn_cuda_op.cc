@@ -1,0 +1,38 @@
+// CUDA execution-provider wrapper of normexport::FilterResponseNorm (plain
+// C++, no CUDA headers). Compiled to nothing unless NORMEXPORT_WITH_CUDA.
+#ifdef NORMEXPORT_WITH_CUDA
+
+#include "filter_response_norm/frn_cuda.h"
+#include "filter_response_norm/frn_op.h"
+
+namespace normexport {
+namespace frn {
+
+template <typename T>
+OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
+  return Guarded(node, [&]() -> OrtStatus* {
+    Ort::KernelContext kc(context);
+    Problem p;
+    if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
+    if (p.num_elements == 0) return nullptr;
+    void* stream = kc.GetGPUComputeStream();
+    const int err = LaunchFilterResponseNorm<T>(stream, static_cast<const T*>(p.x), static_cast<T*>(p.y),
+                                                static_cast<const T*>(p.gamma), static_cast<const T*>(p.beta),
+                                                static_cast<const T*>(p.tau), p.num_planes, p.C, p.plane_size,
+                                                a.eps, a.tlu);
+    if (err != 0) {
+      return CudaErrorStatus(node, err,
+                             StrCat("CUDA kernel launch failed (", OnnxType<T>::name, ", X shape ",
+                                    ShapeToString(p.x_shape), ")"));
+    }
+    return nullptr;
+  });
+}
+
+template OrtStatus* ComputeCuda<float>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+template OrtStatus* ComputeCuda<half>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+
+}  // namespace frn
+}  // namespace normexport
+
+#endif  // NORMEXPORT_WITH_CUDA

@@ -1,0 +1,205 @@
+// Unit tests of the framework-free pieces: half conversions and the CPU core.
+// Build with -DNORMEXPORT_BUILD_TESTS=ON, run with ctest.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "filter_response_norm/frn_core.h"
+#include "normexport/common.h"
+#include "normexport/cpu_half.h"
+
+using normexport::half;
+
+static int g_failures = 0;
+#define EXPECT(cond, ...)                             \
+  do {                                                \
+    if (!(cond)) {                                    \
+      ++g_failures;                                   \
+      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::printf(__VA_ARGS__);                       \
+      std::printf("\n");                              \
+    }                                                 \
+  } while (0)
+
+static uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+static float FromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Reference float->half by exhaustive nearest search with ties to even (double math).
+static double HalfValue(uint16_t h) { return static_cast<double>(normexport::half_bits_to_float(h)); }
+
+static void TestHalfRoundTrip() {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = normexport::half_bits_to_float(static_cast<uint16_t>(h));
+    const bool is_nan = ((h & 0x7c00) == 0x7c00) && (h & 0x3ff);
+    if (is_nan) {
+      EXPECT(std::isnan(f), "half %04x should be NaN", h);
+      EXPECT(std::isnan(normexport::half_bits_to_float(normexport::float_to_half_bits(f))), "NaN roundtrip %04x", h);
+      continue;
+    }
+    EXPECT(normexport::float_to_half_bits(f) == h, "roundtrip %04x -> %a -> %04x", h, f,
+           normexport::float_to_half_bits(f));
+  }
+  EXPECT(normexport::half_bits_to_float(0x0001) == std::ldexp(1.0f, -24), "min subnormal");
+  EXPECT(normexport::half_bits_to_float(0x7bff) == 65504.0f, "max half");
+}
+
+static void TestHalfRounding() {
+  // Every float between consecutive halves (incl. ties) over the positive range, sampled.
+  std::mt19937 rng(123);
+  for (uint32_t h = 0; h < 0x7c00; ++h) {
+    const double lo = HalfValue(static_cast<uint16_t>(h));
+    const double hi = (h + 1 == 0x7c00) ? 65536.0 : HalfValue(static_cast<uint16_t>(h + 1));
+    const double mid = 0.5 * (lo + hi);
+    const float fmid = static_cast<float>(mid);  // exact: midpoints of halves fit in float
+    const uint16_t even = (h & 1) ? static_cast<uint16_t>(h + 1) : static_cast<uint16_t>(h);
+    EXPECT(normexport::float_to_half_bits(fmid) == even, "tie at %a (h=%04x)", fmid, h);
+    EXPECT(normexport::float_to_half_bits(std::nextafter(fmid, 0.0f)) == h, "below tie h=%04x", h);
+    EXPECT(normexport::float_to_half_bits(std::nextafter(fmid, 1e9f)) == static_cast<uint16_t>(h + 1),
+           "above tie h=%04x", h);
+    EXPECT(normexport::float_to_half_bits(-fmid) == (even | 0x8000), "negative tie h=%04x", h);
+  }
+  EXPECT(normexport::float_to_half_bits(65519.996f) == 0x7bff, "just below overflow");
+  EXPECT(normexport::float_to_half_bits(65520.0f) == 0x7c00, "overflow tie -> inf");
+  EXPECT(normexport::float_to_half_bits(std::numeric_limits<float>::infinity()) == 0x7c00, "inf");
+  EXPECT(normexport::float_to_half_bits(-std::numeric_limits<float>::infinity()) == 0xfc00, "-inf");
+  EXPECT(normexport::float_to_half_bits(std::ldexp(1.0f, -25)) == 0x0000, "2^-25 ties to 0");
+  EXPECT(normexport::float_to_half_bits(std::nextafter(std::ldexp(1.0f, -25), 1.0f)) == 0x0001, "above 2^-25");
+  EXPECT(normexport::float_to_half_bits(-0.0f) == 0x8000, "-0");
+  EXPECT(normexport::float_to_half_bits(1e-30f) == 0x0000, "tiny");
+}
+
+static void TestBulkMatchesScalar() {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<uint32_t> any;
+  const size_t n = 1 << 20;
+  std::vector<float> f(n), back(n);
+  std::vector<half> h1(n), h2(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u = any(rng);
+    if ((u & 0x7f800000u) == 0x7f800000u) u &= ~0x00400000u;  // keep some inf, avoid NaN
+    if ((u & 0x7f800000u) == 0x7f800000u) u &= 0xff800000u;
+    // bias exponents into the half range half of the time
+    if (i & 1) u = (u & 0x807fffffu) | ((100u + (u >> 23) % 45u) << 23);
+    f[i] = FromBits(u);
+  }
+  normexport::float_to_half_n(f.data(), h1.data(), n);
+  normexport::float_to_half_n_scalar(f.data(), h2.data(), n);
+  size_t bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += h1[i].bits != h2[i].bits;
+  EXPECT(bad == 0, "bulk float->half differs from scalar in %zu cases", bad);
+  normexport::half_to_float_n(h1.data(), back.data(), n);
+  bad = 0;
+  for (size_t i = 0; i < n; ++i) bad += Bits(back[i]) != Bits(normexport::half_bits_to_float(h1[i].bits));
+  EXPECT(bad == 0, "bulk half->float differs from scalar in %zu cases", bad);
+}
+
+template <typename T>
+static double AsDouble(T v) {
+  if constexpr (std::is_same<T, half>::value) {
+    return normexport::half_bits_to_float(v.bits);
+  } else {
+    return static_cast<double>(v);
+  }
+}
+template <typename T>
+static T FromFloat(float v) {
+  if constexpr (std::is_same<T, half>::value) {
+    return normexport::from_float<half>(v);
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+template <typename T>
+static void TestCore(int64_t N, int64_t C, int64_t S, bool tlu, double tol) {
+  std::mt19937 rng(static_cast<unsigned>(N * 1000 + C * 10 + S));
+  std::normal_distribution<float> nd(0.5f, 2.0f);
+  const int64_t total = N * C * S;
+  std::vector<float> xf(total), g(C), b(C), t(C);
+  for (auto& v : xf) v = nd(rng);
+  for (int64_t c = 0; c < C; ++c) {
+    g[c] = nd(rng);
+    b[c] = nd(rng);
+    t[c] = nd(rng);
+  }
+  std::vector<T> x(total), y(total), gt(C), bt(C), tt(C);
+  for (int64_t i = 0; i < total; ++i) x[i] = FromFloat<T>(xf[i]);
+  for (int64_t c = 0; c < C; ++c) {
+    gt[c] = FromFloat<T>(g[c]);
+    bt[c] = FromFloat<T>(b[c]);
+    tt[c] = FromFloat<T>(t[c]);
+  }
+  const float eps = 1e-6f;
+  // split in two ranges to exercise the range interface
+  const int64_t P = N * C, mid = P / 2;
+  normexport::frn::filter_response_norm_planes<T>(x.data(), y.data(), gt.data(), bt.data(), tt.data(), C, S,
+                                                   {0, mid}, eps, tlu);
+  normexport::frn::filter_response_norm_planes<T>(x.data(), y.data(), gt.data(), bt.data(), tt.data(), C, S,
+                                                   {mid, P}, eps, tlu);
+  double max_err = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t c = p % C;
+    double ss = 0;
+    for (int64_t i = 0; i < S; ++i) {
+      const double v = AsDouble(x[p * S + i]);
+      ss += v * v;
+    }
+    const double r = 1.0 / std::sqrt(ss / S + eps);
+    for (int64_t i = 0; i < S; ++i) {
+      double ref = AsDouble(gt[c]) * AsDouble(x[p * S + i]) * r + AsDouble(bt[c]);
+      if (tlu) ref = std::max(ref, static_cast<double>(AsDouble(tt[c])));
+      const double got = AsDouble(y[p * S + i]);
+      const double err = std::fabs(got - ref) / (1.0 + std::fabs(ref));
+      max_err = std::max(max_err, err);
+    }
+  }
+  EXPECT(max_err <= tol, "core %s N=%lld C=%lld S=%lld tlu=%d: max err %g > %g",
+         sizeof(T) == 4 ? "float" : sizeof(T) == 2 ? "half" : "double", (long long)N, (long long)C, (long long)S, tlu, max_err, tol);
+}
+
+static void TestNaN() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> x = {1, 2, 3, 4}, y(4);
+  float g = 1, b = 0, t = nan;
+  normexport::frn::filter_response_norm_planes<float>(x.data(), y.data(), &g, &b, &t, 1, 4, {0, 1}, 1e-6f, true);
+  for (float v : y) EXPECT(std::isnan(v), "tau NaN must give NaN");
+  t = 100.f;
+  x[1] = nan;
+  normexport::frn::filter_response_norm_planes<float>(x.data(), y.data(), &g, &b, &t, 1, 4, {0, 1}, 1e-6f, true);
+  for (float v : y) EXPECT(std::isnan(v), "NaN in x must give NaN (through nu2) even with a large tau");
+}
+
+int main() {
+  TestHalfRoundTrip();
+  TestHalfRounding();
+  TestBulkMatchesScalar();
+  for (bool tlu : {false, true}) {
+    TestCore<float>(2, 3, 35, tlu, 2e-6);
+    TestCore<float>(1, 4, 100003, tlu, 2e-6);
+    TestCore<float>(3, 2, 1, tlu, 2e-6);
+    TestCore<half>(2, 3, 35, tlu, 2e-3);
+    TestCore<half>(1, 2, 5000, tlu, 2e-3);  // multi-chunk path
+    TestCore<double>(2, 3, 35, tlu, 1e-12);
+    TestCore<double>(1, 2, 100003, tlu, 1e-12);
+  }
+  TestNaN();
+  if (g_failures) {
+    std::printf("%d failures\n", g_failures);
+    return 1;
+  }
+  std::printf("all core tests passed\n");
+  return 0;
+}

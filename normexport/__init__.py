@@ -1,0 +1,16 @@
+"""normexport: train with any normalization layer, deploy with none of the pain.
+
+Data flow: normexport.nn (training layers) -> normexport.registry (one entry per norm) ->
+normexport.export (custom ``normexport`` nodes + ONNX function fallbacks) -> the native op
+library (custom_ops/, loaded by normexport.session) -> normexport.parity.
+"""
+
+from . import nn, registry
+from .export import ExportError, ExportReport, export
+from .parity import Comparison, compare
+from .runtime import library_path, native_info, served_by, session
+
+__version__ = "0.1.0"
+
+__all__ = ["nn", "registry", "export", "ExportError", "ExportReport", "compare", "Comparison",
+           "library_path", "native_info", "session", "served_by", "__version__"]

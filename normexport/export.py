@@ -1,0 +1,223 @@
+"""Export a trained model to ONNX with every registered custom-op norm as one
+``normexport`` node that carries its ONNX function (so a stock ONNX Runtime still runs it).
+
+Data flow: model (eval) -> each layer matched in the registry with a CustomOp rule has its
+forward swapped, for the duration of the trace, for a call of the rule's torch custom op ->
+torch.onnx.export (torch.export-based, dynamo=True) with the rules' onnxscript translations
+-> post-processing: attach one model-local FunctionProto per op type used (body opset = the
+model's default-domain opset), name the source layer in each node's doc_string, check ->
+atomic write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from . import registry
+from ._io import atomic_write_bytes
+from .ops import DOMAIN, DOMAIN_VERSION, MIN_OPSET
+
+DEFAULT_OPSET = 20
+_TWO_GB = 2**31 - 1
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked; the message says why and what to do."""
+
+
+@dataclass
+class CustomNode:
+    node: str          # ONNX node name
+    op_type: str       # normexport op type
+    module: str        # dotted path of the source layer in the model
+    layer: str         # class of the source layer
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    opset: int
+    dynamic_batch: bool
+    custom_nodes: list[CustomNode] = field(default_factory=list)
+    node_counts: Counter = field(default_factory=Counter)
+    functions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        from .parity import format_table
+        lines = [f"wrote {self.path} (opset {self.opset}, "
+                 f"{'dynamic' if self.dynamic_batch else 'static'} batch)"]
+        lines.append(format_table(["op", "count"], [[k, str(v)] for k, v in sorted(self.node_counts.items())]))
+        if self.custom_nodes:
+            lines.append(format_table(["custom node", "op", "from layer", "class"],
+                                      [[c.node, c.op_type, c.module, c.layer] for c in self.custom_nodes]))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _check_model_mode(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if m.training:
+            raise ExportError(
+                f"export: module {name or '<root>'} ({type(m).__name__}) is in training mode; "
+                f"call model.eval() before exporting (normexport exports inference graphs)")
+
+
+@contextlib.contextmanager
+def _custom_op_forwards(model: nn.Module):
+    """Swap, on the instances only and for the duration of the trace, the forward of every
+    layer that the registry exports as a custom op for a call of that op."""
+    swapped = []
+    try:
+        for name, m in model.named_modules():
+            spec = registry.spec_for(m)
+            if spec is None or not isinstance(spec.export, registry.CustomOp):
+                continue
+            if "forward" in vars(m):
+                raise ExportError(f"export: module {name} ({type(m).__name__}) has an instance-level "
+                                  f"forward override; normexport cannot swap it for its custom op")
+            m.forward = _bind_call(spec.export.call, m)
+            swapped.append(m)
+        yield swapped
+    finally:
+        for m in swapped:
+            vars(m).pop("forward", None)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _bind_call(call, module: nn.Module):
+    """``module.forward`` replaced by ``call(module, ...)``, keeping the signature that
+    torch.export reads (via ``__wrapped__``)."""
+    def forward(*args, **kwargs):
+        return call(module, *args, **kwargs)
+    return functools.update_wrapper(forward, module.forward)
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception's first meaningful line (torch's wrappers add pages of advice)."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _dynamic_shapes(args: tuple, dynamic_batch: bool):
+    if not dynamic_batch:
+        return None
+    batch = torch.export.Dim("batch")
+    return tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+
+
+def _module_of(node: onnx.NodeProto) -> tuple[str, str]:
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes, classes = meta.get("pkg.torch.onnx.name_scopes"), meta.get("pkg.torch.onnx.class_hierarchy")
+    try:
+        import ast
+        path = ast.literal_eval(scopes)[-2] if scopes else ""  # entries are full paths
+        cls = ast.literal_eval(classes)[-2] if classes else ""
+    except (ValueError, SyntaxError, IndexError):
+        path, cls = "", ""
+    return path, cls
+
+
+def attach_functions(model: onnx.ModelProto) -> list[str]:
+    """Attach the function of every ``normexport`` op type used in ``model`` (idempotent)."""
+    ops = registry.custom_ops()
+    used = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if used and (opset is None or opset < MIN_OPSET):
+        raise ExportError(f"export: the normexport function bodies need opset >= {MIN_OPSET}, "
+                          f"the model has {opset}")
+    have = {(f.domain, f.name) for f in model.functions}
+    for op_type in used:
+        if op_type not in ops:
+            raise ExportError(f"export: the graph holds normexport::{op_type}, which no registry "
+                              f"entry defines")
+        if (DOMAIN, op_type) not in have:
+            model.functions.append(ops[op_type].function(opset))
+    if used and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return used
+
+
+def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+           dynamic_batch: bool = True, custom_ops: bool = True,
+           input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+           verbose: bool = False) -> ExportReport:
+    """Export ``model`` (in eval mode) called on ``args`` to an ONNX file at ``path``.
+
+    custom_ops: emit registered norms as ``normexport`` nodes with function fallbacks
+        (False: let torch decompose them into standard ops).
+    dynamic_batch: make dim 0 of every tensor input dynamic (the example batch must be > 1
+        for torch.export to keep it symbolic; normexport traces with batch 2 when it is 1).
+    """
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export: expected a torch.nn.Module, got {type(model).__name__}")
+    if custom_ops and opset < MIN_OPSET:
+        raise ExportError(f"export: opset {opset} is below {MIN_OPSET}, the lowest opset the "
+                          f"normexport function bodies are written for")
+    _check_model_mode(model)
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    if dynamic_batch:
+        # torch.export specialises a dim of size 1; trace with batch 2 so it stays symbolic.
+        args = tuple(a.expand(2, *a.shape[1:]).contiguous()
+                     if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
+                     for a in args)
+    table = {op.torch_op: op.translation for op in registry.custom_ops().values()} if custom_ops else {}
+    out = io.StringIO()
+    with contextlib.ExitStack() as stack:
+        if custom_ops:
+            stack.enter_context(_custom_op_forwards(model))
+        if not verbose:
+            stack.enter_context(contextlib.redirect_stdout(out))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            stack.enter_context(_quiet_logger("torch.onnx._internal.exporter._registration"))
+        try:
+            program = torch.onnx.export(
+                model, args, dynamo=True, opset_version=opset, custom_translation_table=table,
+                dynamic_shapes=_dynamic_shapes(args, dynamic_batch), input_names=input_names,
+                output_names=output_names, verbose=verbose)
+        except Exception as e:  # torch's exporter raises many types; keep its message
+            raise ExportError(f"export: torch.onnx.export failed for {type(model).__name__}: "
+                              f"{_root_cause(e)}") from e
+    proto = program.model_proto
+    report = ExportReport(path=Path(path), opset=opset, dynamic_batch=dynamic_batch)
+    report.functions = attach_functions(proto)
+    for node in proto.graph.node:
+        report.node_counts[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1
+        if node.domain == DOMAIN:
+            mod, cls = _module_of(node)
+            node.doc_string = f"normexport::{node.op_type} exported from layer {mod or '<root>'} ({cls})"
+            report.custom_nodes.append(CustomNode(node.name, node.op_type, mod, cls))
+    if proto.ByteSize() > _TWO_GB:
+        raise ExportError("export: the model is over 2 GB; external-data output is not supported yet")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"export: the exported graph fails onnx.checker, nothing written: {e}") from e
+    atomic_write_bytes(path, proto.SerializeToString())
+    return report

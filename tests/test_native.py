@@ -1,0 +1,67 @@
+"""The native library: built, loadable, exporting one symbol, CUDA compiled where nvcc is,
+and registering exactly the kernels the registry's table says."""
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import normexport
+from normexport import registry
+
+from conftest import CUSTOM_SPECS, NP_DTYPES
+
+
+def test_library_path_and_info(library):
+    info = normexport.native_info()
+    assert os.path.isfile(library) and os.path.basename(library) == info["LIBRARY"]
+    assert info["ORT_API_VERSION"] and info["ORT_HEADERS_SOURCE"] in ("ORT_INCLUDE_DIR", "system", "debian-fetch")
+
+
+def test_library_path_env_override(monkeypatch, tmp_path, library):
+    monkeypatch.setenv("NORMEXPORT_LIBRARY", library)
+    assert normexport.library_path() == os.path.realpath(library)
+    monkeypatch.setenv("NORMEXPORT_LIBRARY", str(tmp_path / "missing.so"))
+    with pytest.raises(FileNotFoundError, match="NORMEXPORT_LIBRARY"):
+        normexport.library_path()
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="binutils nm not installed")
+def test_only_register_custom_ops_is_exported(library):
+    out = subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True, text=True,
+                         check=True).stdout
+    symbols = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    assert symbols == {"RegisterCustomOps"}, symbols
+
+
+def test_cuda_kernels_compiled_when_nvcc_present(library):
+    """CI has nvcc and no GPU: the CUDA path must still compile into the library."""
+    if shutil.which("nvcc") is None or os.environ.get("NORMEXPORT_NO_CUDA") == "1":
+        pytest.skip("no nvcc on this machine (or NORMEXPORT_NO_CUDA=1): CUDA kernels not built")
+    assert normexport.native_info()["CUDA"] is True, normexport.native_info()
+
+
+@pytest.mark.parametrize("spec", CUSTOM_SPECS, ids=lambda s: s.name)
+def test_kernel_table_matches_library(spec, library, tmp_path):
+    """Every (op, CPU, dtype) the registry lists is served by a native kernel."""
+    import torch
+    for dtype in spec.export.kernels[registry.CPU]:
+        tdt = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}[dtype]
+        layer = spec.example(4, torch.Generator().manual_seed(0)).to(tdt).eval()
+        x = torch.randn((2, 4) + (5,) * spec.spatial_dims).to(tdt)
+        path = tmp_path / f"{dtype}.onnx"
+        normexport.export(layer, (x,), path)
+        served = normexport.served_by(path, {"x": x.numpy()}, providers=[registry.CPU])
+        assert served[(spec.export.op_type, registry.CPU)] == 1, (dtype, served)
+
+
+def test_cpu_only_session_with_cuda_kernels_registered(library):
+    """Registering CUDA kernels must not break a CPU-only session (every op has a CPU kernel)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(library)
+    from test_kernels import feeds_for, frn_model
+    s = ort.InferenceSession(frn_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
+    assert s.run(None, feeds_for((1, 2, 3, 3), "float32"))[0].shape == (1, 2, 3, 3)
