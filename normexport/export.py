@@ -207,11 +207,18 @@ def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int =
     proto = program.model_proto
     report = ExportReport(path=Path(path), opset=opset, dynamic_batch=dynamic_batch)
     report.functions = attach_functions(proto)
+    names = {n.name for n in proto.graph.node}
     for node in proto.graph.node:
         report.node_counts[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1
         if node.domain == DOMAIN:
             mod, cls = _module_of(node)
             node.doc_string = f"normexport::{node.op_type} exported from layer {mod or '<root>'} ({cls})"
+            # name the node after its layer: kernel error messages then point at the layer
+            new_name = f"{mod or 'root'}/{node.op_type}"
+            if new_name not in names:
+                names.discard(node.name)
+                names.add(new_name)
+                node.name = new_name
             report.custom_nodes.append(CustomNode(node.name, node.op_type, mod, cls))
     if proto.ByteSize() > _TWO_GB:
         raise ExportError("export: the model is over 2 GB; external-data output is not supported yet")

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .registry import DEFAULT_TOLERANCES, Tolerance
+from .spec import DEFAULT_TOLERANCES, Tolerance
 
 
 @dataclass

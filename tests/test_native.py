@@ -50,10 +50,13 @@ def test_kernel_table_matches_library(spec, library, tmp_path):
     for dtype in spec.export.kernels[registry.CPU]:
         tdt = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}[dtype]
         layer = spec.example(4, torch.Generator().manual_seed(0)).to(tdt).eval()
-        x = torch.randn((2, 4) + (5,) * spec.spatial_dims).to(tdt)
+        inputs = tuple(t.to(tdt) for t in spec.inputs(layer, 2, torch.Generator()))
         path = tmp_path / f"{dtype}.onnx"
-        normexport.export(layer, (x,), path)
-        served = normexport.served_by(path, {"x": x.numpy()}, providers=[registry.CPU])
+        normexport.export(layer, inputs, path)
+        import onnx
+        names = [i.name for i in onnx.load(path).graph.input]
+        served = normexport.served_by(path, {n: t.numpy() for n, t in zip(names, inputs)},
+                                      providers=[registry.CPU])
         assert served[(spec.export.op_type, registry.CPU)] == 1, (dtype, served)
 
 

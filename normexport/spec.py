@@ -1,0 +1,112 @@
+"""The record types of the norm registry (see registry.py for the table itself).
+
+A :class:`NormSpec` ties together everything normexport needs to know about one method of
+NORMS.md: the training layer classes, how to build a representative instance and inputs, the
+float64 reference (train and eval mode, outputs and buffer updates), the export rule, and the
+parity tolerances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass when ``|actual - expected| <= atol + rtol * |expected|`` elementwise."""
+    rtol: float
+    atol: float
+
+
+#: NORMS.md "What parity means": float32 1e-5 relative with a 1e-6 absolute floor; float16
+#: 1e-2 relative (float32 accumulation) with a floor of one float16 ulp at 1.0.
+DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
+    "float32": Tolerance(rtol=1e-5, atol=1e-6),
+    "float16": Tolerance(rtol=1e-2, atol=1e-3),
+}
+
+
+# ---- export rules (what the layer becomes in ONNX) ----------------------------------------
+
+@dataclass(frozen=True)
+class CustomOp:
+    """The layer becomes one ``normexport::<op_type>`` node plus a model-local ONNX function
+    with the same name (the fallback a stock ONNX Runtime runs)."""
+    op_type: str
+    torch_op: object                                    # the torch OpOverload in traced graphs
+    translation: object                                 # onnxscript function emitting the node
+    call: Callable[..., torch.Tensor]                   # (layer, *inputs) -> torch_op call
+    function: Callable[[int], onnx.FunctionProto]       # opset -> function body
+    #: execution provider -> element types the native library registers a kernel for
+    kernels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    kind: str = "custom op"
+
+
+@dataclass(frozen=True)
+class StandardOp:
+    """The layer becomes standard ONNX op(s), e.g. LayerNormalization, InstanceNormalization."""
+    op_types: tuple[str, ...]
+    kind: str = "standard op"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The layer's inference form is folded into adjacent weights: ``target`` is "bn" (BN
+    family: into the neighbouring conv/linear, else ONNX BatchNormalization) or "weight"
+    (weight reparametrisations: WN, cosine norm: into a plain weight)."""
+    target: str
+    kind: str = "fold"
+
+
+@dataclass(frozen=True)
+class Composite:
+    """The layer becomes a folded part plus standard ops (e.g. conditional BN: BN scale/shift
+    folded, per-sample affine as Gather/Mul/Add). ``description`` says how."""
+    description: str
+    kind: str = "composite"
+
+
+ExportRule = CustomOp | StandardOp | Fold | Composite
+
+
+# ---- the entry ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reference:
+    """What the float64 reference says one forward call gives."""
+    outputs: tuple[np.ndarray, ...]
+    #: expected values of the layer's buffers after the call (running stats in train mode)
+    buffers: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    name: str                                   # registry key
+    title: str
+    row: int                                    # row in NORMS.md
+    layers: tuple[type[nn.Module], ...]         # training layers (matched with isinstance)
+    #: a layer with non-trivial parameters and buffers: (channels, generator) -> layer
+    example: Callable[[int, torch.Generator], nn.Module]
+    #: float32 inputs for a layer: (layer, batch, generator) -> tuple of tensors
+    inputs: Callable[[nn.Module, int, torch.Generator], tuple[torch.Tensor, ...]]
+    #: float64 reference of one forward call: (layer, float64 numpy inputs, training)
+    reference: Callable[[nn.Module, tuple[np.ndarray, ...], bool], Reference]
+    export: ExportRule
+    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: DEFAULT_TOLERANCES)
+    #: smallest batch the layer accepts in train mode (2 for batch-statistics layers, which
+    #: must raise a clear error on batch 1)
+    min_train_batch: int = 1
+
+
+def np64(t: torch.Tensor | None) -> np.ndarray | None:
+    """A tensor (parameter, buffer) as a float64 numpy array, for references."""
+    return None if t is None else t.detach().to(torch.float64).cpu().numpy()

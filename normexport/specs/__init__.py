@@ -1,0 +1,1 @@
+"""Registry entries, one module per norm family (each defines NormSpec constants)."""
