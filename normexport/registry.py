@@ -13,9 +13,15 @@ from torch import nn
 from .spec import (CPU, CUDA, DEFAULT_TOLERANCES, Composite, CustomOp, ExportRule, Fold, NormSpec,
                    Reference, StandardOp, Tolerance)
 from .specs import frn
+# (imports of the batch-statistics family go here)
+# (imports of the per-sample family go here)
+# (imports of the conditional/style family go here)
 
 _ENTRIES: list[NormSpec] = [
+    # -- batch-statistics family (rows 2-6)
+    # -- per-sample family (rows 1, 7-10, 13, 14)
     frn.FRN,
+    # -- conditional / style family (rows 11, 15-18)
 ]
 
 REGISTRY: dict[str, NormSpec] = {s.name: s for s in _ENTRIES}

@@ -100,7 +100,9 @@ class NormSpec:
     inputs: Callable[[nn.Module, int, torch.Generator], tuple[torch.Tensor, ...]]
     #: float64 reference of one forward call: (layer, float64 numpy inputs, training)
     reference: Callable[[nn.Module, tuple[np.ndarray, ...], bool], Reference]
-    export: ExportRule
+    #: how the layer is exported; None: no dedicated rule yet, the exporter traces the layer's
+    #: torch ops into standard ONNX ops
+    export: ExportRule | None
     tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: DEFAULT_TOLERANCES)
     #: smallest batch the layer accepts in train mode (2 for batch-statistics layers, which
     #: must raise a clear error on batch 1)

@@ -21,7 +21,12 @@ def _layer_and_inputs(spec, n, seed, channels=6):
 
 
 def _np(ts):
-    return tuple(t.detach().to(torch.float64).numpy() for t in ts)
+    """Inputs for the reference: floating tensors as float64, others (labels) as they are."""
+    return tuple(t.detach().to(torch.float64).numpy() if t.is_floating_point() else t.numpy() for t in ts)
+
+
+def _double(ts):
+    return tuple(t.double() if t.is_floating_point() else t for t in ts)
 
 
 def _outputs(y):
@@ -36,7 +41,7 @@ def test_forward_and_buffers_match_float64_reference(spec, n, mode):
         pytest.skip("covered by test_train_batch_below_minimum_is_refused")
     layer, inputs = _layer_and_inputs(spec, n, seed=n)
     layer = layer.double().train(mode == "train")
-    inputs = tuple(t.double() for t in inputs)
+    inputs = _double(inputs)
     before = copy.deepcopy(layer)
     expected = spec.reference(before, _np(inputs), mode == "train")
     with torch.no_grad():
@@ -62,7 +67,7 @@ def test_train_batch_below_minimum_is_refused(spec):
 def test_gradcheck(spec, mode):
     layer, inputs = _layer_and_inputs(spec, max(2, spec.min_train_batch), seed=3, channels=3)
     layer = layer.double().train(mode == "train")
-    inputs = tuple(t.double().requires_grad_(t.is_floating_point()) for t in inputs)
+    inputs = tuple(t.requires_grad_() if t.is_floating_point() else t for t in _double(inputs))
     names = [n for n, _ in layer.named_parameters()]
     params = [p.detach().clone().requires_grad_() for _, p in layer.named_parameters()]
     buffers = {k: v.clone() for k, v in layer.named_buffers()}
