@@ -68,3 +68,31 @@ def test_cpu_only_session_with_cuda_kernels_registered(library):
     from test_kernels import feeds_for, frn_model
     s = ort.InferenceSession(frn_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
     assert s.run(None, feeds_for((1, 2, 3, 3), "float32"))[0].shape == (1, 2, 3, 3)
+
+
+def test_without_library_everything_runs_on_functions(monkeypatch, tmp_path, capsys):
+    """An install where the native build was skipped (no compiler/headers): library_path() is
+    None, `normexport ops` says why, and exported models still run (function fallback)."""
+    import torch
+
+    from normexport import _native, cli
+    monkeypatch.delenv("NORMEXPORT_LIBRARY", raising=False)
+    monkeypatch.setattr(_native, "LIBRARY", None)
+    monkeypatch.setattr(_native, "SKIP_REASON", "no C++ compiler found")
+    assert normexport.library_path() is None
+    assert cli.main(["ops"]) == 0
+    out = capsys.readouterr().out
+    assert "not built (no C++ compiler found)" in out and "function fallback" in out
+    assert "native kernel" not in out
+
+    spec = registry.REGISTRY["frn"]
+    layer = spec.example(4, torch.Generator().manual_seed(0)).eval()
+    inputs = spec.inputs(layer, 3, torch.Generator().manual_seed(1))
+    normexport.export(layer, inputs, tmp_path / "m.onnx")
+    sess = normexport.session(tmp_path / "m.onnx", [registry.CPU])
+    y = sess.run(None, {sess.get_inputs()[0].name: inputs[0].numpy()})
+    expected = spec.reference(layer, (inputs[0].double().numpy(),), False).outputs
+    assert normexport.compare(y, expected)
+    served = normexport.served_by(tmp_path / "m.onnx", {sess.get_inputs()[0].name: inputs[0].numpy()},
+                                  providers=[registry.CPU])
+    assert served[(spec.export.op_type, registry.CPU)] == 0
