@@ -187,7 +187,7 @@ def sweep(out_dir: str | Path, steps: int = 5, log=print) -> bool:
                                                 for o in c.outputs if not o)])
     log(f"\nnorm sweep: each registry layer trained {steps} steps, exported, run in ORT "
         f"({'with' if lib else 'without'} the op library); max rel error vs its float64 reference:")
-    log(format_table(["norm", "row", "export", "ONNX nodes", "torch eval", "ORT", "result"], rows))
+    log(format_table(["norm", "row", "declared rule", "ONNX nodes", "torch eval", "ORT", "result"], rows))
     return ok
 
 

@@ -14,14 +14,22 @@ from .spec import (CPU, CUDA, DEFAULT_TOLERANCES, Composite, CustomOp, ExportRul
                    Reference, StandardOp, Tolerance)
 from .specs import frn
 # (imports of the batch-statistics family go here)
-# (imports of the per-sample family go here)
+from .specs import batchnorm
+from .specs import per_sample
 # (imports of the conditional/style family go here)
+from .specs import style
 
 _ENTRIES: list[NormSpec] = [
     # -- batch-statistics family (rows 2-6)
+    batchnorm.BATCHNORM, batchnorm.BATCH_RENORM, batchnorm.SYNCBATCHNORM,
+    batchnorm.CROSS_ITERATION_BN, batchnorm.CMBN,
     # -- per-sample family (rows 1, 7-10, 13, 14)
+    per_sample.LRN, per_sample.LAYERNORM, per_sample.INSTANCENORM, per_sample.GROUPNORM,
+    per_sample.WEIGHTNORM, per_sample.COSINE_LINEAR, per_sample.COSINE_CONV2D, per_sample.PONO,
     frn.FRN,
     # -- conditional / style family (rows 11, 15-18)
+    style.SWITCHABLE_NORM, style.CONDITIONAL_BN, style.CONDITIONAL_BN_EMBEDDING, style.CONDITIONAL_IN,
+    style.ADAIN, style.SPADE,
 ]
 
 REGISTRY: dict[str, NormSpec] = {s.name: s for s in _ENTRIES}
@@ -29,9 +37,12 @@ assert len(REGISTRY) == len(_ENTRIES), "duplicate registry names"
 
 
 def spec_for(module: nn.Module) -> NormSpec | None:
-    """The registry entry whose layer class ``module`` is an instance of (most derived match)."""
+    """The registry entry whose layer class ``module`` is an instance of (most derived match),
+    among the entries whose ``matches`` predicate (if any) accepts ``module``."""
     best = None
     for spec in REGISTRY.values():
+        if spec.matches is not None and not spec.matches(module):
+            continue
         for cls in spec.layers:
             if isinstance(module, cls) and (best is None or issubclass(cls, best[1])):
                 best = (spec, cls)

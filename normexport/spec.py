@@ -107,6 +107,10 @@ class NormSpec:
     #: smallest batch the layer accepts in train mode (2 for batch-statistics layers, which
     #: must raise a clear error on batch 1)
     min_train_batch: int = 1
+    #: extra test a module of one of ``layers`` must pass to be this norm, for norms that are
+    #: not a class of their own (torch's weight_norm parametrization of a plain Conv/Linear);
+    #: None: the isinstance match alone decides
+    matches: Callable[[nn.Module], bool] | None = None
 
 
 def np64(t: torch.Tensor | None) -> np.ndarray | None:

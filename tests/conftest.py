@@ -1,5 +1,4 @@
 import os
-import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -8,6 +7,10 @@ import torch
 
 import normexport
 from normexport import registry
+
+# Many tests run small float64 convs and gradchecks, which intra-op threads only slow down
+# (and make erratic under load) on this 2-core machine.
+torch.set_num_threads(1)
 
 CUSTOM_SPECS = [s for s in registry.REGISTRY.values() if isinstance(s.export, registry.CustomOp)]
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()

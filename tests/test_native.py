@@ -5,13 +5,12 @@ import os
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 
 import normexport
 from normexport import registry
 
-from conftest import CUSTOM_SPECS, NP_DTYPES
+from conftest import CUSTOM_SPECS
 
 
 def test_library_path_and_info(library):

@@ -49,8 +49,9 @@ def batch_mean_var(x: torch.Tensor, process_group=None, *, layer: str = "batch n
     import torch.distributed.nn.functional as dnn
     if local_count:
         var, mean = torch.var_mean(x, dim=dims, correction=0)
-    else:  # an empty shard still takes part in the collective
-        mean = var = x.new_zeros(x.shape[1])
+    else:  # an empty shard still takes part in the collective (and in its backward: the
+        # zeros stay attached to x's graph, else the other processes' backward would wait)
+        mean = var = x.sum(dim=dims)
     n = x.new_full((1,), float(local_count))
     packed = torch.cat([n, mean, var * local_count])                 # (1 + 2C,)
     gathered = torch.stack(dnn.all_gather(packed, group=process_group))  # (P, 1 + 2C)

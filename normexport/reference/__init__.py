@@ -5,5 +5,13 @@ layers (normexport.nn), the ONNX functions (normexport.ops) or the kernels (cust
 """
 
 from . import frn
+from . import cosine, pono, standard  # per-sample family (rows 1, 7-10, 13, 14)
 
 __all__ = ["frn"]
+__all__ += ["cosine", "pono", "standard"]
+from . import style  # conditional / style family (rows 11, 15-18)
+from . import batchnorm  # batch-statistics family (rows 2-6)
+
+__all__ += ["batchnorm"]
+
+__all__ += ["style"]
