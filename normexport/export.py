@@ -76,20 +76,40 @@ def _check_model_mode(model: nn.Module) -> None:
                 f"call model.eval() before exporting (normexport exports inference graphs)")
 
 
+def _check_batch_stats(model: nn.Module) -> None:
+    """Refuse a layer that would normalise with batch statistics in eval mode (the registry
+    entry's ``eval_batch_stats`` predicate): its exported output would depend on the batch."""
+    for name, m in model.named_modules():
+        spec = registry.spec_for(m)
+        if spec is not None and spec.eval_batch_stats is not None and spec.eval_batch_stats(m):
+            raise ExportError(
+                f"export: module {name or '<root>'} ({type(m).__name__}) has no running statistics "
+                f"(track_running_stats=False): in eval mode it normalises with batch statistics, so "
+                f"one sample's output would depend on the rest of the batch. Give it running "
+                f"statistics (track_running_stats=True) and recalibrate them on training data (a few "
+                f"train-mode forward passes without gradient, momentum=None for an exact average), "
+                f"then export")
+
+
 @contextlib.contextmanager
-def _custom_op_forwards(model: nn.Module):
+def _rule_forwards(model: nn.Module, custom_ops: bool, notes: list[str]):
     """Swap, on the instances only and for the duration of the trace, the forward of every
-    layer that the registry exports as a custom op for a call of that op."""
+    layer whose registry export rule has a ``call`` (spec.ExportCall: CustomOp when
+    ``custom_ops``; StandardOp / Composite always) for that call. A call that raises
+    spec.Decompose falls back to the layer's own forward, the reason going to ``notes``."""
     swapped = []
     try:
         for name, m in model.named_modules():
             spec = registry.spec_for(m)
-            if spec is None or not isinstance(spec.export, registry.CustomOp):
+            rule = spec.export if spec is not None else None
+            if not isinstance(rule, registry.ExportCall) or rule.call is None:
+                continue
+            if isinstance(rule, registry.CustomOp) and not custom_ops:
                 continue
             if "forward" in vars(m):
                 raise ExportError(f"export: module {name} ({type(m).__name__}) has an instance-level "
-                                  f"forward override; normexport cannot swap it for its custom op")
-            m.forward = _bind_call(spec.export.call, m)
+                                  f"forward override; normexport cannot swap it for its {rule.kind}")
+            m.forward = _bind_call(rule.call, m, name or "<root>", notes)
             swapped.append(m)
         yield swapped
     finally:
@@ -108,11 +128,17 @@ def _quiet_logger(name: str):
         logger.setLevel(old)
 
 
-def _bind_call(call, module: nn.Module):
+def _bind_call(call, module: nn.Module, name: str = "", notes: list[str] | None = None):
     """``module.forward`` replaced by ``call(module, ...)``, keeping the signature that
-    torch.export reads (via ``__wrapped__``)."""
+    torch.export reads (via ``__wrapped__``); spec.Decompose -> the class's own forward."""
     def forward(*args, **kwargs):
-        return call(module, *args, **kwargs)
+        try:
+            return call(module, *args, **kwargs)
+        except registry.Decompose as e:
+            note = f"{name} ({type(module).__name__}): {e}"
+            if notes is not None and note not in notes:
+                notes.append(note)
+            return type(module).forward(module, *args, **kwargs)
     return functools.update_wrapper(forward, module.forward)
 
 
@@ -124,11 +150,48 @@ def _root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
-def _dynamic_shapes(args: tuple, dynamic_batch: bool):
-    if not dynamic_batch:
+#: names of the spatial dims by input rank (dims 2, 3, ... of an (N, C, *spatial) input)
+_SPATIAL_NAMES = {3: ("length",), 4: ("height", "width"), 5: ("depth", "height", "width")}
+
+
+def _dynamic_shapes(args: tuple, dynamic_batch: bool, dynamic_spatial: bool = False,
+                    names: Sequence[str] | None = None):
+    """torch.export dynamic_shapes: dim 0 of every tensor input ``batch`` (one Dim, shared);
+    with ``dynamic_spatial`` the spatial dims of every (N, C, *spatial) float input, one Dim
+    per input and dim, named ``<input>_height`` etc. (inputs may differ in size: SPADE's
+    segmentation map, AdaIN's style)."""
+    if not dynamic_batch and not dynamic_spatial:
         return None
-    batch = torch.export.Dim("batch")
-    return tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in args)
+    batch = torch.export.Dim("batch") if dynamic_batch else None
+    shapes = []
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor) or a.dim() == 0:
+            shapes.append(None)
+            continue
+        dims = {0: batch} if batch is not None else {}
+        if dynamic_spatial and a.is_floating_point() and a.dim() in _SPATIAL_NAMES:
+            prefix = names[i] if names is not None and i < len(names) else f"input{i}"
+            prefix = "".join(ch if ch.isalnum() else "_" for ch in prefix)
+            for d, dname in enumerate(_SPATIAL_NAMES[a.dim()], start=2):
+                if a.shape[d] < 2:
+                    raise ExportError(f"export: dynamic_spatial: input {i} has {dname} {a.shape[d]}; "
+                                      f"torch.export fixes dims of size 0 or 1, trace with an "
+                                      f"example of size >= 2 in every spatial dim")
+                dims[d] = torch.export.Dim(f"{prefix}_{dname}", min=2)
+        shapes.append(dims or None)
+    return tuple(shapes)
+
+
+def _input_names(model: nn.Module, n: int, given: Sequence[str] | None) -> list[str]:
+    if given:
+        return list(given)
+    import inspect
+    try:
+        params = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return (params + [f"input{i}" for i in range(len(params), n)])[:n]
 
 
 def _module_of(node: onnx.NodeProto) -> tuple[str, str]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .spec import (CPU, CUDA, DEFAULT_TOLERANCES, Composite, CustomOp, ExportRule, Fold, NormSpec,
-                   Reference, StandardOp, Tolerance)
+from .spec import (CPU, CUDA, DEFAULT_TOLERANCES, Composite, CustomOp, Decompose, ExportCall,
+                   ExportRule, Fold, NormSpec, Reference, StandardOp, Tolerance)
 from .specs import frn
 # (imports of the batch-statistics family go here)
 from .specs import batchnorm
@@ -49,10 +49,21 @@ def spec_for(module: nn.Module) -> NormSpec | None:
     return best[0] if best else None
 
 
+def translations(custom_ops: bool = True) -> dict:
+    """torch op overload -> onnxscript translation of every export rule with a torch op
+    (StandardOp / Composite ones always; CustomOp ones when ``custom_ops``)."""
+    table = {}
+    for s in REGISTRY.values():
+        if isinstance(s.export, ExportCall) and (custom_ops or not isinstance(s.export, CustomOp)):
+            table.update(s.export.translations())
+    return table
+
+
 def custom_ops() -> dict[str, CustomOp]:
     """op_type -> CustomOp for every registry entry exported as a ``normexport`` node."""
     return {s.export.op_type: s.export for s in REGISTRY.values() if isinstance(s.export, CustomOp)}
 
 
 __all__ = ["REGISTRY", "NormSpec", "Reference", "Tolerance", "DEFAULT_TOLERANCES", "CustomOp",
-           "StandardOp", "Fold", "Composite", "ExportRule", "CPU", "CUDA", "spec_for", "custom_ops"]
+           "StandardOp", "Fold", "Composite", "ExportRule", "ExportCall", "Decompose", "CPU", "CUDA",
+           "spec_for", "custom_ops", "translations"]

@@ -37,8 +37,34 @@ DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
 
 # ---- export rules (what the layer becomes in ONNX) ----------------------------------------
 
+class Decompose(Exception):
+    """Raised by a rule's ``call`` when this layer (or this call's input) cannot take the
+    rule's form: export then traces the layer's own forward (torch decomposes it into standard
+    ops) and puts the message in the export report's notes. Example: an even-size LRN."""
+
+
+class ExportCall:
+    """What the rules that swap a layer's forward during export have in common (read by
+    ``export._rule_forwards``): ``call(layer, *inputs)`` replaces the layer's forward, on the
+    instance and for the duration of the trace; it may call a torch custom op ``torch_op``,
+    which the onnxscript ``translation`` turns into the ONNX node(s) (a ``normexport`` node
+    for CustomOp, a standard node such as LRN for StandardOp), or plain torch ops whose own
+    lowering is already the target (e.g. ``F.batch_norm`` -> BatchNormalization). A ``call``
+    of None: no swap, the layer's forward is traced as it is."""
+
+    call: Callable[..., object] | None
+    torch_op: object
+    translation: object
+
+    def translations(self) -> dict:
+        """torch op overload -> onnxscript function, for torch.onnx's custom_translation_table."""
+        if self.torch_op is None or self.translation is None:
+            return {}
+        return {self.torch_op: self.translation}
+
+
 @dataclass(frozen=True)
-class CustomOp:
+class CustomOp(ExportCall):
     """The layer becomes one ``normexport::<op_type>`` node plus a model-local ONNX function
     with the same name (the fallback a stock ONNX Runtime runs)."""
     op_type: str
@@ -52,9 +78,13 @@ class CustomOp:
 
 
 @dataclass(frozen=True)
-class StandardOp:
-    """The layer becomes standard ONNX op(s), e.g. LayerNormalization, InstanceNormalization."""
+class StandardOp(ExportCall):
+    """The layer becomes standard ONNX op(s), e.g. LayerNormalization, InstanceNormalization.
+    Without ``call`` torch's own lowering already emits them; with one, see ExportCall."""
     op_types: tuple[str, ...]
+    call: Callable[..., torch.Tensor] | None = None
+    torch_op: object = None
+    translation: object = None
     kind: str = "standard op"
 
 
@@ -62,9 +92,15 @@ class StandardOp:
 class Fold:
     """The layer's inference form is folded into adjacent weights: ``target`` is "bn" (BN
     family: into the neighbouring conv/linear, else ONNX BatchNormalization) or "weight"
-    (weight reparametrisations: WN, cosine norm: into a plain weight)."""
+    (weight reparametrisations: WN, cosine norm: into a plain weight).
+
+    ``bn_params`` (target "bn"): module -> its inference BN ``(mean, var, eps, gamma, beta)``
+    (gamma / beta None without affine), or None when it has no inference BN form (e.g. no
+    running statistics). None here: read ``running_mean``, ``running_var``, ``eps``,
+    ``weight``, ``bias`` (BN's attributes; see normexport.fold.bn_inference_params)."""
     target: str
     kind: str = "fold"
+    bn_params: Callable[[nn.Module], tuple | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +108,9 @@ class Composite:
     """The layer becomes a folded part plus standard ops (e.g. conditional BN: BN scale/shift
     folded, per-sample affine as Gather/Mul/Add). ``description`` says how."""
     description: str
+    call: Callable[..., torch.Tensor] | None = None       # see ExportCall
+    torch_op: object = None
+    translation: object = None
     kind: str = "composite"
 
 
@@ -111,6 +150,10 @@ class NormSpec:
     #: not a class of their own (torch's weight_norm parametrization of a plain Conv/Linear);
     #: None: the isinstance match alone decides
     matches: Callable[[nn.Module], bool] | None = None
+    #: True for a layer (instance) that would normalise with *batch* statistics in eval mode
+    #: (BN family with track_running_stats=False): export refuses it, since the graph's output
+    #: for one sample would depend on the rest of the batch. None: never
+    eval_batch_stats: Callable[[nn.Module], bool] | None = None
 
 
 def np64(t: torch.Tensor | None) -> np.ndarray | None:

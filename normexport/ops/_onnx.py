@@ -34,6 +34,37 @@ class FunctionBody:
             "Constant", [], [o], value=helper.make_tensor(o, TensorProto.INT64, [len(values)], values)))
         return o
 
+    def const_f64(self, values: list[float]) -> str:
+        o = self._fresh("const")
+        self.nodes.append(helper.make_node(
+            "Constant", [], [o], value=helper.make_tensor(o, TensorProto.DOUBLE, [len(values)], values)))
+        return o
+
+    def double(self, name: str) -> str:
+        """``name`` cast to float64 (the bodies compute in double and CastLike back)."""
+        return self.op("Cast", name, to=TensorProto.DOUBLE)
+
+    def reshape(self, data: str, shape: str) -> str:
+        """Reshape to a shape computed from real dims (allowzero: an empty dim stays empty, no
+        -1 inference, which divides by zero on empty tensors)."""
+        return self.op("Reshape", data, shape, allowzero=1)
+
+    def split_shape(self, x: str) -> tuple[str, str, str, str]:
+        """(shape, N, C, S) of ``x`` (N, C, *spatial): N and C as 1-element int64 tensors, S the
+        product of the spatial dims (1 for rank 2), so that ``x`` reshapes to (N, C, S) for any
+        spatial rank and any batch, empty included."""
+        shp = self.op("Shape", x)
+        n = self.op("Slice", shp, self.const_i64([0]), self.const_i64([1]))
+        c = self.op("Slice", shp, self.const_i64([1]), self.const_i64([2]))
+        s = self.op("ReduceProd", self.op("Slice", shp, self.const_i64([2]), self.const_i64([2**62])),
+                    keepdims=1)
+        return shp, n, c, s
+
+    def per_channel(self, name: str, c: str) -> str:
+        """A (C) input in float64 as (C, 1), broadcasting over (N, C, S); a length other than
+        C fails the Reshape instead of broadcasting silently."""
+        return self.reshape(self.double(name), self.op("Concat", c, self.const_i64([1]), axis=0))
+
     def attr_const(self, attr_name: str, kind: str) -> str:
         """A Constant node whose value is the function's attribute ``attr_name``.
 
@@ -49,12 +80,15 @@ class FunctionBody:
         return o
 
     def build(self, inputs: list[str], outputs: list[str], opset: int, defaults: dict,
-              doc: str) -> onnx.FunctionProto:
+              doc: str, required: list[str] = ()) -> onnx.FunctionProto:
+        """``defaults``: attributes with their default values; ``required``: attributes
+        without a default (a node must set them)."""
         if opset < MIN_OPSET:
             raise ValueError(f"normexport::{self.name}: the function body needs default-domain "
                              f"opset >= {MIN_OPSET}, the model uses {opset}")
         return helper.make_function(
             DOMAIN, self.name, inputs, outputs, self.nodes,
             opset_imports=[helper.make_opsetid("", opset)],
+            attributes=list(required),
             attribute_protos=[helper.make_attribute(k, v) for k, v in defaults.items()],
             doc_string=doc)

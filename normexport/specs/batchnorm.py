@@ -63,6 +63,12 @@ def _affine(m):
 
 # ---- BatchNorm, SyncBatchNorm (rows 2, 4) -------------------------------------------------
 
+def _no_running_stats(m) -> bool:
+    """torch's rule: without running statistics (track_running_stats=False) eval uses batch
+    statistics. (normexport's BN-family layers always keep running statistics.)"""
+    return m.running_mean is None or m.running_var is None
+
+
 def _bn_reference(m: nn.modules.batchnorm._BatchNorm, inputs, training: bool) -> Reference:
     (x,) = inputs
     w, b = _affine(m)
@@ -94,14 +100,14 @@ BATCHNORM = NormSpec(
     name="batchnorm", title="BatchNorm (torch)", row=2,
     layers=(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
     example=_bn_example, inputs=_inputs, reference=_bn_reference,
-    export=Fold("bn"), min_train_batch=1,
+    export=Fold("bn"), min_train_batch=1, eval_batch_stats=_no_running_stats,
 )
 
 SYNCBATCHNORM = NormSpec(
     name="syncbatchnorm", title="Sync BN / Cross-GPU BN (torch SyncBatchNorm)", row=4,
     layers=(nn.SyncBatchNorm,),
     example=_syncbn_example, inputs=_inputs, reference=_bn_reference,
-    export=Fold("bn"), min_train_batch=1,
+    export=Fold("bn"), min_train_batch=1, eval_batch_stats=_no_running_stats,
 )
 
 

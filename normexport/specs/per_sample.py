@@ -11,10 +11,13 @@ from torch import nn
 from torch.nn.utils.parametrizations import _WeightNorm
 
 from ..nn import cosine, pono
+from ..ops import groupnorm as gn_ops
+from ..ops import pono as pono_ops
 from ..reference import cosine as cosine_ref
 from ..reference import pono as pono_ref
 from ..reference import standard
-from ..spec import Composite, Fold, NormSpec, Reference, StandardOp, np64
+from ..ops import standard as std_ops
+from ..spec import Composite, CustomOp, Fold, NormSpec, Reference, StandardOp, np64
 
 H, W = 5, 7  # odd spatial sizes of the example inputs
 
@@ -48,9 +51,10 @@ def _lrn_reference(m: nn.LocalResponseNorm, inputs, training: bool) -> Reference
 LRN = NormSpec(
     name="lrn", title="Local Response Normalization", row=1, layers=(nn.LocalResponseNorm,),
     example=_lrn_example, inputs=_lrn_inputs, reference=_lrn_reference,
-    # NB: ONNX LRN's window equals torch's for odd sizes only (and ORT's CPU LRN refuses even
-    # sizes); an even-size LocalResponseNorm cannot become one ONNX LRN node.
-    export=StandardOp(("LRN",)),
+    # ONNX LRN's window equals torch's for odd sizes only (and ORT's CPU LRN refuses even
+    # sizes and non-4-D inputs): those stay decomposed (ops/standard.py, lrn_call)
+    export=StandardOp(("LRN",), call=std_ops.lrn_call, torch_op=std_ops.LRN_OVERLOAD,
+                      translation=std_ops.lrn_translation),
 )
 
 
@@ -113,9 +117,11 @@ INSTANCENORM = NormSpec(
     name="instancenorm", title="Instance Normalization", row=8,
     layers=(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
     example=_in_example, inputs=_in_inputs, reference=_in_reference,
-    # NB: with track_running_stats=True the eval form uses running statistics: a per-channel
-    # affine (BatchNormalization form), not ONNX InstanceNormalization.
-    export=StandardOp(("InstanceNormalization",)),
+    # track_running_stats=False (torch's default): InstanceNormalization (torch's lowering).
+    # track_running_stats=True: eval uses the running statistics, a per-channel affine equal to
+    # BN in eval: one BatchNormalization over (N, C, ...) (ops/standard.py), foldable like BN.
+    export=StandardOp(("InstanceNormalization", "BatchNormalization"),
+                      call=std_ops.instance_norm_call),
 )
 
 
@@ -143,7 +149,8 @@ def _gn_reference(m: nn.GroupNorm, inputs, training: bool) -> Reference:
 GROUPNORM = NormSpec(
     name="groupnorm", title="Group Normalization", row=9, layers=(nn.GroupNorm,),
     example=_gn_example, inputs=_gn_inputs, reference=_gn_reference,
-    export=None,  # NORMS.md: custom op GroupNorm (a later issue); traced torch ops until then
+    export=CustomOp(op_type=gn_ops.OP_TYPE, torch_op=gn_ops.GN_OVERLOAD, translation=gn_ops.gn_translation,
+                    call=gn_ops.gn_call, function=gn_ops.gn_function, kernels={}),
 )
 
 
@@ -273,7 +280,10 @@ PONO = NormSpec(
     name="pono", title="Positional Normalization (outputs y, mean, std)", row=14,
     layers=(pono.PositionalNorm,),
     example=_pono_example, inputs=_pono_inputs, reference=_pono_reference,
-    export=None,  # NORMS.md: custom op PositionalNorm (a later issue); traced torch ops until then
+    # the per-position affine stays standard Mul/Add after the node (see ops/pono.py)
+    export=CustomOp(op_type=pono_ops.OP_TYPE, torch_op=pono_ops.PONO_OVERLOAD,
+                    translation=pono_ops.pono_translation, call=pono_ops.pono_call,
+                    function=pono_ops.pono_function, kernels={}),
 )
 
 

@@ -4,6 +4,7 @@ Norm, conditional BN (MLP form and class-embedding form), conditional IN, AdaIN,
 import torch
 
 from ..nn import adain, conditional, spade, switchable
+from ..ops import standard as std_ops
 from ..reference import style as ref
 from ..spec import Composite, NormSpec, Reference, np64
 
@@ -31,6 +32,11 @@ def _bn_kwargs(m) -> dict:
     """Keyword arguments of ref.param_free_batch_norm / ref.spade for a BN-branch owner."""
     return (_bn_buffers(m) if m.track_running_stats else {"momentum": m.momentum}) | \
         {"track_running_stats": m.track_running_stats}
+
+
+def _no_running_stats(m) -> bool:
+    """Eval with batch statistics: a BN branch built with track_running_stats=False."""
+    return m.running_mean is None
 
 
 def _x(m, batch, gen, h=9, w=11):
@@ -62,7 +68,7 @@ def _sn_reference(m, inputs, training):
 SWITCHABLE_NORM = NormSpec(
     name="switchable_norm", title="Switchable Norm", row=11,
     layers=(switchable._SwitchableNorm,), example=_sn_example, inputs=lambda m, n, g: (_x(m, n, g),),
-    reference=_sn_reference,
+    reference=_sn_reference, eval_batch_stats=lambda m: m.using_bn and m.running_mean is None,
     export=None,  # custom op SwitchableNorm: a later issue; traced to standard ops until then
 )
 
@@ -100,7 +106,7 @@ def _cbn_reference(m, inputs, training):
 CONDITIONAL_BN = NormSpec(
     name="conditional_bn", title="Conditional BN (condition MLP)", row=15,
     layers=(conditional.ConditionalBatchNorm2d,), example=_cbn_example, inputs=_cbn_inputs,
-    reference=_cbn_reference,
+    reference=_cbn_reference, eval_batch_stats=_no_running_stats,
     export=Composite("BN scale-shift folded; per-sample gamma/beta from the condition MLP "
                      "(MatMul/Add/Relu), applied with Mul/Add"),
 )
@@ -130,7 +136,7 @@ CONDITIONAL_BN_EMBEDDING = NormSpec(
     name="conditional_bn_embedding", title="Conditional BN (class embedding)", row=15,
     layers=(conditional.CategoricalConditionalBatchNorm2d,), example=_ccbn_example,
     inputs=lambda m, n, g: (_x(m, n, g), _labels(m.num_classes, n, g)),
-    reference=_ccbn_reference,
+    reference=_ccbn_reference, eval_batch_stats=_no_running_stats,
     export=Composite("BN scale-shift folded; per-sample affine with Gather/Mul/Add"),
 )
 
@@ -159,7 +165,7 @@ CONDITIONAL_IN = NormSpec(
     inputs=lambda m, n, g: (_x(m, n, g), _labels(m.num_styles, n, g)),
     reference=_cin_reference,
     export=Composite("InstanceNormalization; per-sample affine with Gather (style index) or "
-                     "MatMul (style mix) and Mul/Add"),
+                     "MatMul (style mix) and Mul/Add", call=std_ops.conditional_in_call),
 )
 
 
@@ -223,6 +229,7 @@ SPADE = NormSpec(
     layers=(spade.SPADE,), example=_spade_example,
     inputs=lambda m, n, g: (_x(m, n, g, 5, 7), _segmap(m.label_nc, n, g)),
     reference=spade_reference,
+    eval_batch_stats=lambda m: m.norm == "batch" and m.param_free_norm.running_mean is None,
     export=None,  # custom op SPADE (normalize + modulate): a later issue; traced until then
 )
 
