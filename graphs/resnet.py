@@ -3,7 +3,8 @@
 A norm family gives three factories of channels: ``norm_act`` (norm followed by the
 activation), ``norm`` (norm without activation, before the residual add) and ``act`` (the
 activation after the add). With FRN the paper replaces every BN+ReLU by FRN+TLU, so the
-activation is a TLU and the pre-add norm is FRN without TLU.
+activation is a TLU and the pre-add norm is FRN without TLU. The other families (BN, Batch
+Renorm, GN, Switchable Norm) are norm + ReLU, norm, ReLU as in the original ResNet.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable, NamedTuple
 
 from torch import nn
 
-from normexport.nn import TLU, FilterResponseNorm2d
+from normexport.nn import TLU, BatchRenorm2d, FilterResponseNorm2d, SwitchableNorm2d
 
 
 class NormFamily(NamedTuple):
@@ -21,9 +22,25 @@ class NormFamily(NamedTuple):
     act: Callable[[int], nn.Module]
 
 
+def _relu(c: int) -> nn.Module:
+    return nn.ReLU()
+
+
+def _with_relu(norm: Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    return lambda c: nn.Sequential(norm(c), nn.ReLU())
+
+
+def _gn(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, max(1, c // 4)), c)   # Wu & He: 32 groups; here >= 4 channels each
+
+
 NORM_FAMILIES: dict[str, NormFamily] = {
     "frn": NormFamily(lambda c: FilterResponseNorm2d(c), lambda c: FilterResponseNorm2d(c, tlu=False),
                       lambda c: TLU(c)),
+    "bn": NormFamily(_with_relu(nn.BatchNorm2d), nn.BatchNorm2d, _relu),
+    "brn": NormFamily(_with_relu(BatchRenorm2d), BatchRenorm2d, _relu),
+    "gn": NormFamily(_with_relu(_gn), _gn, _relu),
+    "sn": NormFamily(_with_relu(SwitchableNorm2d), SwitchableNorm2d, _relu),
 }
 
 

@@ -27,6 +27,8 @@ def _cmd_ops(args) -> int:
         op = spec.export
         if not isinstance(op, registry.CustomOp):
             continue
+        if not op.kernels:
+            rows.append([f"normexport::{op.op_type}", "any", "any", "function fallback (no kernel yet)"])
         for ep, dtypes in op.kernels.items():
             built = bool(lib) and (ep != registry.CUDA or bool(info.get("CUDA")))
             rows.append([f"normexport::{op.op_type}", ep, ",".join(dtypes),
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch", type=int, default=8, help="batch for parity and timing (default 8)")
     s.add_argument("--repeat", type=int, default=20, help="timing repetitions (default 20)")
     s.set_defaults(fn=_cmd_demo)
+    from .cli_export import add_parser as _add_export
+    _add_export(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

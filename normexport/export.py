@@ -20,7 +20,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import onnx
 import torch
@@ -51,15 +51,19 @@ class ExportReport:
     path: Path
     opset: int
     dynamic_batch: bool
+    dynamic_spatial: bool = False
     custom_nodes: list[CustomNode] = field(default_factory=list)
     node_counts: Counter = field(default_factory=Counter)
     functions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: normexport.fold.FoldReport of the folded copy that was exported (None: fold=False)
+    fold: Any = None
 
     def __str__(self) -> str:
         from .parity import format_table
         lines = [f"wrote {self.path} (opset {self.opset}, "
-                 f"{'dynamic' if self.dynamic_batch else 'static'} batch)"]
+                 f"{'dynamic' if self.dynamic_batch else 'static'} batch"
+                 f"{', dynamic spatial' if self.dynamic_spatial else ''})"]
         lines.append(format_table(["op", "count"], [[k, str(v)] for k, v in sorted(self.node_counts.items())]))
         if self.custom_nodes:
             lines.append(format_table(["custom node", "op", "from layer", "class"],
@@ -142,6 +146,15 @@ def _bind_call(call, module: nn.Module, name: str = "", notes: list[str] | None 
     return functools.update_wrapper(forward, module.forward)
 
 
+def _is_constraint_error(e: BaseException) -> bool:
+    while e is not None:
+        if "Constraints violated" in str(e) or "specializ" in str(e) or type(e).__name__ in (
+                "ConstraintViolationError", "UserError"):
+            return True
+        e = e.__cause__
+    return False
+
+
 def _root_cause(e: BaseException) -> str:
     """The innermost exception's first meaningful line (torch's wrappers add pages of advice)."""
     while e.__cause__ is not None:
@@ -180,6 +193,77 @@ def _dynamic_shapes(args: tuple, dynamic_batch: bool, dynamic_spatial: bool = Fa
                 dims[d] = torch.export.Dim(f"{prefix}_{dname}", min=2)
         shapes.append(dims or None)
     return tuple(shapes)
+
+
+def _fixed_spatial_dims(proto: onnx.ModelProto, dynamic, args: tuple) -> list[str]:
+    """The spatial dims asked dynamic that came out of torch.onnx.export static (torch.onnx
+    specialises a dim that a layer fixes instead of failing): ["x height = 5", ...]."""
+    fixed = []
+    tensor_dims = [d for a, d in zip(args, dynamic or ()) if isinstance(a, torch.Tensor)]
+    for vi, dims in zip(proto.graph.input, tensor_dims):
+        for d, dim in (dims or {}).items():
+            if d == 0:
+                continue
+            shape = vi.type.tensor_type.shape.dim
+            if d < len(shape) and not shape[d].dim_param:
+                fixed.append(f"{vi.name} {dim.__name__.rsplit('_', 1)[-1]} = {shape[d].dim_value}")
+    return fixed
+
+
+def _spatial_culprits(model: nn.Module, args: tuple, dynamic) -> list[str]:
+    """Which layers fix a spatial dim: re-trace with torch.export, following the module being
+    run (forward hooks) and the shape guards torch adds (its symbolic-shapes log): a guard
+    ``Eq(symbol, constant)`` fixes that dim. ["layer a.b (PositionalNorm) at pono.py:111", ...]."""
+    stack, found = [], []
+    names = {m: n or "<root>" for n, m in model.named_modules()}
+
+    class _Guards(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if "[guard added]" in msg and "Eq(" in msg and stack:
+                where = msg[msg.find("(", msg.find("[guard added]")) + 1:].split(")")[0].strip()
+                if any(t in where for t in ("_subclasses/", "torch/", "_export/", "_prims")):
+                    where = ""  # inside torch (a fake kernel): the layer's name says more
+                where = "/".join(where.split(" in ")[0].split("/")[-2:])
+                m = stack[-1]
+                item = f"layer {names[m]} ({type(m).__name__})" + (f" at {where}" if where else "")
+                if item not in found:
+                    found.append(item)
+
+    def enter(m, inputs):
+        stack.append(m)
+
+    def leave(m, inputs, output):
+        stack.pop()   # (returns None: a forward hook's return value would replace the output)
+
+    hooks = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    hooks += [m.register_forward_hook(leave) for m in model.modules()]
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    handler, old = _Guards(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    # torch's own handlers (on this logger or its parents) would print every INFO record
+    quiet = []
+    lg = logger
+    while lg is not None:
+        quiet += [(h, h.level) for h in lg.handlers if h is not handler]
+        lg = lg.parent if lg.propagate else None
+    for h, level in quiet:
+        h.setLevel(max(level, logging.WARNING))
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.export.export(model, args, dynamic_shapes=dynamic, strict=False)
+    except Exception:
+        pass  # the guards logged before the failure are what we want
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+        for h, level in quiet:
+            h.setLevel(level)
+        for h in hooks:
+            h.remove()
+    return found
 
 
 def _input_names(model: nn.Module, n: int, given: Sequence[str] | None) -> list[str]:
@@ -227,15 +311,27 @@ def attach_functions(model: onnx.ModelProto) -> list[str]:
 
 
 def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-           dynamic_batch: bool = True, custom_ops: bool = True,
+           dynamic_batch: bool = True, custom_ops: bool = True, dynamic_spatial: bool = False,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
-           verbose: bool = False) -> ExportReport:
+           verbose: bool = False, progress: Callable[[str], None] | None = None,
+           fold: bool = True) -> ExportReport:
     """Export ``model`` (in eval mode) called on ``args`` to an ONNX file at ``path``.
 
     custom_ops: emit registered norms as ``normexport`` nodes with function fallbacks
         (False: let torch decompose them into standard ops).
     dynamic_batch: make dim 0 of every tensor input dynamic (the example batch must be > 1
         for torch.export to keep it symbolic; normexport traces with batch 2 when it is 1).
+    dynamic_spatial: also make the spatial dims (2, 3, ...) of every floating (N, C, *spatial)
+        input dynamic, named ``<input>_height``/``_width`` (``_length``, ``_depth``), one per
+        input (example sizes must be >= 2). A model whose layers fix a spatial size (e.g.
+        PositionalNorm with a per-position affine) is refused with torch.export's reason.
+    progress: called with a stage name ("folding", "tracing", "writing") as export proceeds.
+    fold: export a folded copy (normexport.fold: BN family into adjacent conv/linear weights,
+        weight norm and cosine weights pre-computed); what could not be folded stays (BN as
+        ONNX BatchNormalization) and is named, with the reason, in the report's notes.
+    Refused (ExportError, nothing written): a module in training mode; a layer that would use
+    batch statistics in eval mode (registry ``eval_batch_stats``: BN family without running
+    statistics).
     """
     if not isinstance(model, nn.Module):
         raise ExportError(f"export: expected a torch.nn.Module, got {type(model).__name__}")
@@ -243,17 +339,27 @@ def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int =
         raise ExportError(f"export: opset {opset} is below {MIN_OPSET}, the lowest opset the "
                           f"normexport function bodies are written for")
     _check_model_mode(model)
+    _check_batch_stats(model)
+    stage = progress or (lambda name: None)
     args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
     if dynamic_batch:
         # torch.export specialises a dim of size 1; trace with batch 2 so it stays symbolic.
         args = tuple(a.expand(2, *a.shape[1:]).contiguous()
                      if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == 1 else a
                      for a in args)
-    table = {op.torch_op: op.translation for op in registry.custom_ops().values()} if custom_ops else {}
+    fold_report = None
+    if fold:
+        stage("folding")
+        from .fold import fold_with_report
+        model, fold_report = fold_with_report(model, *args)
+    table = registry.translations(custom_ops)
+    dynamic = _dynamic_shapes(args, dynamic_batch, dynamic_spatial,
+                              _input_names(model, len(args), input_names))
     out = io.StringIO()
+    notes: list[str] = []
+    stage("tracing")
     with contextlib.ExitStack() as stack:
-        if custom_ops:
-            stack.enter_context(_custom_op_forwards(model))
+        stack.enter_context(_rule_forwards(model, custom_ops, notes))
         if not verbose:
             stack.enter_context(contextlib.redirect_stdout(out))
             stack.enter_context(warnings.catch_warnings())
@@ -262,13 +368,29 @@ def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int =
         try:
             program = torch.onnx.export(
                 model, args, dynamo=True, opset_version=opset, custom_translation_table=table,
-                dynamic_shapes=_dynamic_shapes(args, dynamic_batch), input_names=input_names,
+                dynamic_shapes=dynamic, input_names=input_names,
                 output_names=output_names, verbose=verbose)
         except Exception as e:  # torch's exporter raises many types; keep its message
+            hint = ""
+            if dynamic_spatial and _is_constraint_error(e):
+                hint = ("dynamic_spatial: torch.export cannot keep the spatial dims dynamic (a layer "
+                        "fixes them or ties inputs together); export without dynamic_spatial. ")
             raise ExportError(f"export: torch.onnx.export failed for {type(model).__name__}: "
-                              f"{_root_cause(e)}") from e
-    proto = program.model_proto
-    report = ExportReport(path=Path(path), opset=opset, dynamic_batch=dynamic_batch)
+                              f"{hint}{_root_cause(e)}") from e
+        proto = program.model_proto
+        fixed = _fixed_spatial_dims(proto, dynamic, args) if dynamic_spatial else []
+        if fixed:
+            culprits = _spatial_culprits(model, args, dynamic)
+            raise ExportError(
+                f"export: dynamic_spatial: torch.export fixed {', '.join(fixed)}: "
+                f"{'; '.join(culprits) or 'a layer'} makes the spatial size a constant (e.g. "
+                f"per-position parameters); export without dynamic_spatial, or change that layer")
+    report = ExportReport(path=Path(path), opset=opset, dynamic_batch=dynamic_batch,
+                          dynamic_spatial=dynamic_spatial)
+    report.notes += notes
+    if fold_report is not None:
+        report.fold = fold_report
+        report.notes += [f"not folded: {r.module or '<root>'}: {r.reason}" for r in fold_report.refused]
     report.functions = attach_functions(proto)
     names = {n.name for n in proto.graph.node}
     for node in proto.graph.node:
@@ -285,6 +407,7 @@ def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int =
             report.custom_nodes.append(CustomNode(node.name, node.op_type, mod, cls))
     if proto.ByteSize() > _TWO_GB:
         raise ExportError("export: the model is over 2 GB; external-data output is not supported yet")
+    stage("writing")
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:

@@ -104,7 +104,7 @@ class Fold:
 
 
 @dataclass(frozen=True)
-class Composite:
+class Composite(ExportCall):
     """The layer becomes a folded part plus standard ops (e.g. conditional BN: BN scale/shift
     folded, per-sample affine as Gather/Mul/Add). ``description`` says how."""
     description: str
