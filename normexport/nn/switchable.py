@@ -56,6 +56,18 @@ from ._bn_branch import _BatchStatsMixin, channel_view, check_input
 __all__ = ["SwitchableNorm1d", "SwitchableNorm2d"]
 
 
+
+def per_sample_stats(x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The per-sample branches' (means, biased variances), keepdim: [IN, LN] for rank >= 3
+    (LN derived from the IN statistics without cancellation), [LN] for (N, C) inputs."""
+    if x.dim() > 2:
+        var_in, mean_in = torch.var_mean(x, dim=tuple(range(2, x.dim())), keepdim=True, correction=0)
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
+        return [mean_in, mean_ln], [var_in, var_ln]
+    var_ln, mean_ln = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+    return [mean_ln], [var_ln]
+
 class _SwitchableNorm(_BatchStatsMixin, nn.Module):
     _spatial_dims = 2
 
@@ -105,17 +117,7 @@ class _SwitchableNorm(_BatchStatsMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
         check_input(name, x, self._spatial_dims + 2, self.num_features)
-        means, variances = [], []
-        if self._spatial_dims:
-            var_in, mean_in = torch.var_mean(x, dim=tuple(range(2, x.dim())), keepdim=True, correction=0)
-            mean_ln = mean_in.mean(1, keepdim=True)
-            var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
-            means += [mean_in, mean_ln]
-            variances += [var_in, var_ln]
-        else:
-            var_ln, mean_ln = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-            means.append(mean_ln)
-            variances.append(var_ln)
+        means, variances = per_sample_stats(x)
         if self.using_bn:
             mean_bn, var_bn = self._batch_stats(x)
             means.append(channel_view(mean_bn, x.dim()))

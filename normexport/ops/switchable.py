@@ -31,7 +31,7 @@ from onnxscript import FLOAT
 from onnxscript import opset18 as _op
 
 from ..nn._bn_branch import channel_view, check_input
-from ..nn.switchable import _SwitchableNorm
+from ..nn.switchable import _SwitchableNorm, per_sample_stats
 from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody
 
 OP_TYPE = "SwitchableNorm"
@@ -45,17 +45,7 @@ def _eval_switchable_norm(x, scale, bias, running_mean, running_var, mean_weight
         raise ValueError(f"normexport::SwitchableNorm: expected {k} branch logits (IN: rank >= 3, "
                          f"LN, BN: using_bn) for input rank {x.dim()}, got {mean_weight.numel()} "
                          f"and {var_weight.numel()}")
-    means, variances = [], []
-    if has_in:
-        var_in, mean_in = torch.var_mean(x, dim=tuple(range(2, x.dim())), keepdim=True, correction=0)
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
-        means += [mean_in, mean_ln]
-        variances += [var_in, var_ln]
-    else:
-        var_ln, mean_ln = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-        means.append(mean_ln)
-        variances.append(var_ln)
+    means, variances = per_sample_stats(x)
     if using_bn:
         means.append(channel_view(running_mean, x.dim()))
         variances.append(channel_view(running_var, x.dim()))
