@@ -300,3 +300,28 @@ def test_dynamic_spatial_refused_names_the_layer(tmp_path):
         normexport.export(model, torch.randn(2, 3, 5, 7), tmp_path / "m.onnx", dynamic_spatial=True,
                           custom_ops=False)
     assert not (tmp_path / "m.onnx").exists()
+
+
+ALL_SPECS = list(registry.REGISTRY.values())
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda s: s.name)
+@pytest.mark.parametrize("path", ["native", "function"])
+def test_every_entry_exports_with_parity(spec, path, tmp_path, library):
+    """Every registry entry, whatever its rule (fold, standard op, composite, custom op), in
+    ORT CPU with and without the op library: float32 bounds vs the float64 reference and vs
+    torch eval, at a batch other than the traced one."""
+    gen = torch.Generator().manual_seed(spec.row)
+    layer = spec.example(C, gen).eval()
+    normexport.export(layer, spec.inputs(layer, 2, gen), tmp_path / "m.onnx")
+    inputs = spec.inputs(layer, 5, gen)
+    sess = normexport.session(tmp_path / "m.onnx", ["CPUExecutionProvider"], use_library=(path == "native"))
+    ys = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), inputs)})
+    np_inputs = tuple(t.double().numpy() if t.is_floating_point() else t.numpy() for t in inputs)
+    tol = spec.tolerances["float32"]
+    result = normexport.compare(ys, spec.reference(layer, np_inputs, False).outputs, tolerance=tol)
+    assert result, str(result)
+    with torch.no_grad():
+        out = layer(*inputs)
+    torch_eval = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+    assert normexport.compare(ys, torch_eval, tolerance=tol), "ORT vs torch eval"
