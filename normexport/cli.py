@@ -42,7 +42,48 @@ def _cmd_demo(args) -> int:
     return 0 if run(out_dir=args.out, steps=args.steps, batch=args.batch, repeat=args.repeat) else 1
 
 
+def _cmd_bench(args) -> int:
+    import json
+
+    from . import bench
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v is not None else None
+    sizes = tuple(split(args.sizes))
+    if not sizes or any(s not in ("small", "large") for s in sizes):
+        print(f"normexport bench: --sizes takes small and/or large, got {args.sizes!r}", file=sys.stderr)
+        return 2
+    if args.threads < 1 or (args.repeat is not None and args.repeat < 1):
+        print("normexport bench: --threads and --repeat must be >= 1", file=sys.stderr)
+        return 2
+    graphs = split(args.graphs)
+    if graphs == ["none"]:
+        graphs = []
+    try:
+        doc = bench.run(ops=split(args.ops), sizes=sizes, threads=args.threads,
+                        repeat=args.repeat if args.repeat is not None else (2 if args.quick else 5),
+                        quick=args.quick, graphs=graphs,
+                        log=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
+    except ValueError as e:
+        print(f"normexport bench: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=1) if args.json else bench.format_report(doc))
+    return 0
+
+
+def _cmd_gpu_check(args) -> int:
+    from .gpu_check import run
+    return run(extra=args.args)
+
+
+def _gpu_check_argv(argv: list[str]) -> int:
+    # every argument after `gpu-check` goes to the program as it is (also --help, --list)
+    from .gpu_check import run
+    return run(extra=argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gpu-check"]:
+        return _gpu_check_argv(argv[1:])
     p = argparse.ArgumentParser(prog="normexport", description="Train with any normalization "
                                 "layer, deploy with none of the pain.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -54,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--batch", type=int, default=8, help="batch for parity and timing (default 8)")
     s.add_argument("--repeat", type=int, default=20, help="timing repetitions (default 20)")
     s.set_defaults(fn=_cmd_demo)
+    s = sub.add_parser("bench", help="time native kernels vs function bodies vs stock ORT vs torch "
+                       "vs a memory copy, per op and shape, and the reference networks")
+    s.add_argument("--ops", help="comma-separated op types or registry names (default: every "
+                   "custom op of the registry)")
+    s.add_argument("--sizes", default="small,large", help="small (fits in cache) and/or large "
+                   "(bytes read + written >= 4x the last-level cache); default small,large")
+    s.add_argument("--threads", type=int, default=2, help="ORT intra-op and torch threads (default 2)")
+    s.add_argument("--repeat", type=int, help="timed runs per measurement, median (default 5; "
+                   "2 with --quick)")
+    s.add_argument("--graphs", help="comma-separated normexport.graphs names for the model-level "
+                   "section, or 'none' (default: all; pono_autoencoder with --quick)")
+    s.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
+    s.add_argument("--quick", action="store_true", help="tiny shapes, repeat 2, one graph (a smoke run)")
+    s.set_defaults(fn=_cmd_bench)
+    s = sub.add_parser("gpu-check", help="run the stand-alone CUDA kernel check (normexport_gpu_check) "
+                       "on this machine's GPU")
+    s.add_argument("args", nargs=argparse.REMAINDER, help="passed to the program (--help: its "
+                   "options; exit 0 PASS, 1 FAIL, 2 usage, 3 no CUDA device, 4 not built)")
+    s.set_defaults(fn=_cmd_gpu_check)
     from .cli_export import add_parser as _add_export
     _add_export(sub)
     args = p.parse_args(argv)

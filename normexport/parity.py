@@ -73,7 +73,8 @@ def compare_arrays(actual, expected, tol: Tolerance, name: str = "output") -> Ou
         res.error = f"Inf mismatch at {int(inf_mismatch.sum())} positions"
         return res
     finite = ok_vals & np.isfinite(e)
-    diff = np.where(finite, np.abs(a - e), 0.0)
+    diff = np.zeros(e.shape)
+    diff[finite] = np.abs(a[finite] - e[finite])
     res.max_abs = float(diff.max())
     res.mean_abs = float(diff[finite].mean()) if finite.any() else 0.0
     big = finite & (np.abs(e) > tol.atol)

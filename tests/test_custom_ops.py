@@ -1,7 +1,8 @@
 """The GroupNorm, SwitchableNorm, PositionalNorm, AdaIN and SPADE op contracts on hand-built
-ONNX graphs (their ONNX function bodies, with and without the op library registered: no native
-kernel serves them yet) against the float64 references; shape inference through the bodies;
-the layers' variants through the exporter."""
+ONNX graphs, with the op library registered (the native kernels, where the registry lists one)
+and without it (the ONNX function bodies), against the float64 references; shape inference
+through the bodies; the layers' variants through the exporter. The kernel-specific edge cases
+are in test_kernels_<op>.py."""
 
 import numpy as np
 import onnx
@@ -19,7 +20,7 @@ from normexport.reference import style as style_ref
 
 from conftest import NP_DTYPES
 
-PATHS = ["native", "function"]       # native: library registered (kernels={}: the body runs)
+PATHS = ["native", "function"]       # native: library registered; function: without it
 DTYPES = ["float32", "float16"]
 TOL = registry.DEFAULT_TOLERANCES
 

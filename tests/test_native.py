@@ -55,10 +55,39 @@ def test_kernel_table_matches_library(spec, library, tmp_path):
         path = tmp_path / f"{dtype}.onnx"
         normexport.export(layer, inputs, path)
         import onnx
+        import onnxruntime as ort
         names = [i.name for i in onnx.load(path).graph.input]
-        served = normexport.served_by(path, {n: t.numpy() for n, t in zip(names, inputs)},
-                                      providers=[registry.CPU])
+        feeds = {n: t.numpy() for n, t in zip(names, inputs)}
+        try:
+            served = normexport.served_by(path, feeds, providers=[registry.CPU])
+        except ort.capi.onnxruntime_pybind11_state.NotImplemented:
+            if dtype != "float64":
+                raise
+            served = _served_by_node_alone(path, feeds)
         assert served[(spec.export.op_type, registry.CPU)] == (1 if listed else 0), (dtype, served)
+
+
+def _served_by_node_alone(path, feeds):
+    """ORT's CPU EP lacks some standard kernels in float64 (Resize: the SPADE layer's nearest
+    upsampling), so a float64 export may not run as a whole: the normexport node is cut out of
+    it (its function kept) and fed random tensors of its inputs' inferred shapes."""
+    import numpy as np
+    import onnx
+    model = onnx.load(path)
+    for vi in model.graph.input:
+        for d, size in zip(vi.type.tensor_type.shape.dim, feeds[vi.name].shape):
+            d.Clear()
+            d.dim_value = size
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    node = next(n for n in model.graph.node if n.domain == "normexport")
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.input)}
+    inits = {i.name for i in model.graph.initializer}
+    sub = onnx.utils.Extractor(model).extract_model([i for i in node.input if i and i not in inits],
+                                                    list(node.output))
+    rng = np.random.default_rng(0)
+    sub_feeds = {i.name: rng.random(shapes[i.name]) + 0.5 for i in sub.graph.input}
+    return normexport.served_by(sub, sub_feeds, providers=[registry.CPU])
 
 
 def test_cpu_only_session_with_cuda_kernels_registered(library):

@@ -11,6 +11,11 @@
 #include "normexport/ort_utils.h"
 
 #include "filter_response_norm/frn_op.h"
+#include "adain/adain_op.h"
+#include "positional_norm/pono_op.h"
+#include "group_norm/gn_op.h"
+#include "spade/spade_op.h"
+#include "switchable_norm/sn_op.h"
 
 namespace normexport {
 namespace {
@@ -45,6 +50,11 @@ void AddAllVariants(OpList& ops) {
 // ---- THE op table: one line per op -------------------------------------
 constexpr void (*kOpTable[])(OpList&) = {
     &AddAllVariants<frn::FilterResponseNormKernel>,  // normexport::FilterResponseNorm
+    &AddAllVariants<adain::AdaINKernel>,             // normexport::AdaIN
+    &AddAllVariants<pono::PositionalNormKernel>,     // normexport::PositionalNorm
+    &AddAllVariants<gn::GroupNormKernel>,            // normexport::GroupNorm
+    &AddAllVariants<spade::SpadeKernel>,             // normexport::SPADE
+    &AddAllVariants<switchable_norm::SwitchableNormKernel>,  // normexport::SwitchableNorm
 };
 // -------------------------------------------------------------------------
 

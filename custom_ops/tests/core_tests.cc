@@ -9,7 +9,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "adain/adain_core.h"
 #include "filter_response_norm/frn_core.h"
+#include "positional_norm/pono_core.h"
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
 
@@ -170,6 +172,77 @@ static void TestCore(int64_t N, int64_t C, int64_t S, bool tlu, double tol) {
          sizeof(T) == 4 ? "float" : sizeof(T) == 2 ? "half" : "double", (long long)N, (long long)C, (long long)S, tlu, max_err, tol);
 }
 
+static const char* TypeName(size_t size) { return size == 4 ? "float" : size == 2 ? "half" : "double"; }
+
+template <typename T>
+static std::vector<T> RandomTensor(int64_t n, unsigned seed, float mean, float stddev) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(mean, stddev);
+  std::vector<T> v(n);
+  for (auto& e : v) e = FromFloat<T>(nd(rng));
+  return v;
+}
+
+// AdaIN core vs a float64 two-pass reference; planes split into two ranges.
+template <typename T>
+static void TestAdainCore(int64_t P, int64_t S, int64_t SS, float alpha, float mean, float stddev, double tol) {
+  const std::vector<T> x = RandomTensor<T>(P * S, 7 + static_cast<unsigned>(S), mean, stddev);
+  const std::vector<T> z = RandomTensor<T>(P * SS, 11 + static_cast<unsigned>(SS), -0.7f, 1.5f);
+  std::vector<T> y(P * S);
+  const float eps = 1e-5f;
+  normexport::adain::adain_planes<T>(x.data(), z.data(), y.data(), S, SS, {0, P / 2}, eps, alpha);
+  normexport::adain::adain_planes<T>(x.data(), z.data(), y.data(), S, SS, {P / 2, P}, eps, alpha);
+  auto moments = [](const std::vector<T>& v, int64_t base, int64_t n, double* m, double* var) {
+    double s = 0, q = 0;
+    for (int64_t i = 0; i < n; ++i) s += AsDouble(v[base + i]);
+    *m = s / n;
+    for (int64_t i = 0; i < n; ++i) q += (AsDouble(v[base + i]) - *m) * (AsDouble(v[base + i]) - *m);
+    *var = q / n;
+  };
+  double max_err = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    double mx, vx, mz, vz;
+    moments(x, p * S, S, &mx, &vx);
+    moments(z, p * SS, SS, &mz, &vz);
+    const double k = std::sqrt(vz + eps) / std::sqrt(vx + eps);
+    for (int64_t i = 0; i < S; ++i) {
+      const double v = AsDouble(x[p * S + i]);
+      const double ref = alpha * (k * (v - mx) + mz) + (1.0 - alpha) * v;
+      max_err = std::max(max_err, std::fabs(AsDouble(y[p * S + i]) - ref) / (1.0 + std::fabs(ref)));
+    }
+  }
+  EXPECT(max_err <= tol, "adain core %s P=%lld S=%lld SS=%lld alpha=%g mean=%g: max err %g > %g",
+         TypeName(sizeof(T)), (long long)P, (long long)S, (long long)SS, alpha, mean, max_err, tol);
+}
+
+// PositionalNorm core vs a float64 two-pass reference; blocks split into two ranges.
+template <typename T>
+static void TestPonoCore(int64_t N, int64_t C, int64_t S, bool unbiased, float mean, float stddev, double tol) {
+  const std::vector<T> x = RandomTensor<T>(N * C * S, 13 + static_cast<unsigned>(C * S), mean, stddev);
+  std::vector<T> y(N * C * S), m(N * S), sd(N * S);
+  const float eps = 1e-5f;
+  const int64_t block = normexport::pono::BlockSize(C), bps = (S + block - 1) / block, nb = N * bps;
+  normexport::pono::pono_blocks<T>(x.data(), y.data(), m.data(), sd.data(), C, S, block, bps, 0, nb / 2, eps,
+                                   unbiased);
+  normexport::pono::pono_blocks<T>(x.data(), y.data(), m.data(), sd.data(), C, S, block, bps, nb / 2, nb, eps,
+                                   unbiased);
+  double max_err = 0;
+  auto err = [&](double got, double ref) { max_err = std::max(max_err, std::fabs(got - ref) / (1.0 + std::fabs(ref))); };
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < S; ++p) {
+      double s = 0, q = 0;
+      for (int64_t c = 0; c < C; ++c) s += AsDouble(x[(n * C + c) * S + p]);
+      const double mu = s / C;
+      for (int64_t c = 0; c < C; ++c) q += std::pow(AsDouble(x[(n * C + c) * S + p]) - mu, 2);
+      const double st = std::sqrt(q / (C - (unbiased ? 1 : 0)) + eps);
+      err(AsDouble(m[n * S + p]), mu);
+      err(AsDouble(sd[n * S + p]), st);
+      for (int64_t c = 0; c < C; ++c) err(AsDouble(y[(n * C + c) * S + p]), (AsDouble(x[(n * C + c) * S + p]) - mu) / st);
+    }
+  EXPECT(max_err <= tol, "pono core %s N=%lld C=%lld S=%lld unbiased=%d mean=%g: max err %g > %g",
+         TypeName(sizeof(T)), (long long)N, (long long)C, (long long)S, unbiased, mean, max_err, tol);
+}
+
 static void TestNaN() {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> x = {1, 2, 3, 4}, y(4);
@@ -195,6 +268,21 @@ int main() {
     TestCore<double>(2, 3, 35, tlu, 1e-12);
     TestCore<double>(1, 2, 100003, tlu, 1e-12);
   }
+  for (float alpha : {1.0f, 0.5f, 0.0f}) {
+    TestAdainCore<float>(6, 35, 17, alpha, 0.5f, 2.0f, 2e-6);
+    TestAdainCore<float>(2, 70001, 3001, alpha, 0.5f, 2.0f, 2e-6);
+    TestAdainCore<half>(4, 5000, 300, alpha, 0.5f, 2.0f, 4e-3);  // multi-chunk path
+    TestAdainCore<double>(3, 1001, 77, alpha, 0.5f, 2.0f, 1e-12);
+  }
+  TestAdainCore<float>(2, 4096, 1024, 1.0f, 1e3f, 1e-2f, 2e-5);   // large mean, small spread
+  for (bool unbiased : {true, false}) {
+    TestPonoCore<float>(2, 5, 37, unbiased, 0.5f, 2.0f, 2e-6);
+    TestPonoCore<float>(2, 700, 129, unbiased, 0.5f, 2.0f, 2e-6);  // several blocks per sample
+    TestPonoCore<float>(1, 3, 3000, unbiased, 0.5f, 2.0f, 2e-6);
+    TestPonoCore<half>(2, 16, 1100, unbiased, 0.5f, 2.0f, 4e-3);
+    TestPonoCore<double>(2, 9, 2049, unbiased, 0.5f, 2.0f, 1e-12);
+  }
+  TestPonoCore<float>(1, 64, 2048, true, 1e3f, 1e-2f, 2e-5);       // large mean, small spread
   TestNaN();
   if (g_failures) {
     std::printf("%d failures\n", g_failures);

@@ -17,7 +17,7 @@ from ..reference import cosine as cosine_ref
 from ..reference import pono as pono_ref
 from ..reference import standard
 from ..ops import standard as std_ops
-from ..spec import Composite, CustomOp, Fold, NormSpec, Reference, StandardOp, np64
+from ..spec import CPU, CUDA, Composite, CustomOp, Fold, NormSpec, Reference, StandardOp, np64
 
 H, W = 5, 7  # odd spatial sizes of the example inputs
 
@@ -150,7 +150,8 @@ GROUPNORM = NormSpec(
     name="groupnorm", title="Group Normalization", row=9, layers=(nn.GroupNorm,),
     example=_gn_example, inputs=_gn_inputs, reference=_gn_reference,
     export=CustomOp(op_type=gn_ops.OP_TYPE, torch_op=gn_ops.GN_OVERLOAD, translation=gn_ops.gn_translation,
-                    call=gn_ops.gn_call, function=gn_ops.gn_function, kernels={}),
+                    call=gn_ops.gn_call, function=gn_ops.gn_function,
+                    kernels={CPU: ("float32", "float16", "float64"), CUDA: ("float32", "float16")}),
 )
 
 
@@ -283,7 +284,8 @@ PONO = NormSpec(
     # the per-position affine stays standard Mul/Add after the node (see ops/pono.py)
     export=CustomOp(op_type=pono_ops.OP_TYPE, torch_op=pono_ops.PONO_OVERLOAD,
                     translation=pono_ops.pono_translation, call=pono_ops.pono_call,
-                    function=pono_ops.pono_function, kernels={}),
+                    function=pono_ops.pono_function,
+                    kernels={CPU: ("float32", "float16", "float64"), CUDA: ("float32", "float16")}),
 )
 
 

@@ -9,7 +9,7 @@ from ..ops import adain as adain_ops
 from ..ops import spade as spade_ops
 from ..ops import switchable as sn_ops
 from ..reference import style as ref
-from ..spec import Composite, CustomOp, NormSpec, Reference, np64
+from ..spec import CPU, CUDA, Composite, CustomOp, NormSpec, Reference, np64
 
 
 def _randomize(module: torch.nn.Module, gen: torch.Generator, scale: float = 0.3) -> None:
@@ -74,7 +74,8 @@ SWITCHABLE_NORM = NormSpec(
     layers=(switchable._SwitchableNorm,), example=_sn_example, inputs=lambda m, n, g: (_x(m, n, g),),
     reference=_sn_reference, eval_batch_stats=lambda m: m.using_bn and m.running_mean is None,
     export=CustomOp(op_type=sn_ops.OP_TYPE, torch_op=sn_ops.SN_OVERLOAD, translation=sn_ops.sn_translation,
-                    call=sn_ops.sn_call, function=sn_ops.sn_function, kernels={}),
+                    call=sn_ops.sn_call, function=sn_ops.sn_function,
+                    kernels={CPU: ("float32", "float16", "float64"), CUDA: ("float32", "float16")}),
 )
 
 
@@ -196,7 +197,8 @@ ADAIN = NormSpec(
     reference=lambda m, inputs, training: Reference((ref.adaptive_instance_norm(*inputs, m.eps, m.alpha),)),
     export=CustomOp(op_type=adain_ops.OP_TYPE, torch_op=adain_ops.ADAIN_OVERLOAD,
                     translation=adain_ops.adain_translation, call=adain_ops.adain_call,
-                    function=adain_ops.adain_function, kernels={}),
+                    function=adain_ops.adain_function,
+                    kernels={CPU: ("float32", "float16", "float64"), CUDA: ("float32", "float16")}),
 )
 
 
@@ -244,7 +246,8 @@ SPADE = NormSpec(
     # normalize + modulate as the node; the resize and convs stay standard Resize/Conv/Relu
     export=CustomOp(op_type=spade_ops.OP_TYPE, torch_op=spade_ops.SPADE_OVERLOAD,
                     translation=spade_ops.spade_translation, call=spade_ops.spade_call,
-                    function=spade_ops.spade_function, kernels={}),
+                    function=spade_ops.spade_function,
+                    kernels={CPU: ("float32", "float16", "float64"), CUDA: ("float32", "float16")}),
 )
 
 ENTRIES = (SWITCHABLE_NORM, CONDITIONAL_BN, CONDITIONAL_BN_EMBEDDING, CONDITIONAL_IN, ADAIN, SPADE)

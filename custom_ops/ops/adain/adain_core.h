@@ -1,0 +1,234 @@
+// Framework-free CPU core of normexport::AdaIN.
+//
+// For every (n, c) plane, content plane X (Sx elements) and style plane Z (Sz elements):
+//   mu_x, var_x = mean, biased variance of X     one pass of shifted sums (see
+//   mu_z, var_z = mean, biased variance of Z     shifted_sums / finish: no cancellation)
+//   s = sqrt(var_z + eps) / sqrt(var_x + eps)
+//   y = alpha * (s * (x - mu_x) + mu_z) + (1 - alpha) * x
+//     = (x - mu_x) * a + b,   a = alpha * s + (1 - alpha),  b = alpha * mu_z + (1 - alpha) * mu_x
+// a and b are computed in double once per plane; the elementwise pass is one
+// subtract + multiply-add in the compute type (float for float/half, double for
+// double). mu_x is carried as a float pair (hi + lo) so x - mu_x stays accurate
+// when the plane's mean is large compared to its spread (mean 1e3, std 1e-2).
+// float16 data is converted to float in stack chunks (F16C when present).
+// NaN / Inf in a plane make its statistics NaN, hence the whole output plane,
+// like the float64 reference.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "normexport/common.h"
+#include "normexport/cpu_half.h"
+
+namespace normexport {
+namespace adain {
+
+struct PlaneRange {
+  int64_t begin;  // first plane index (plane = n * C + c)
+  int64_t end;    // one past the last plane
+};
+
+namespace detail {
+
+template <typename T>
+struct compute_type {
+  using type = float;
+};
+template <>
+struct compute_type<double> {
+  using type = double;
+};
+
+constexpr int64_t kChunk = 2048;  // float16 conversion chunk (elements)
+
+// Shifted sums in one pass: d = x - shift, s += d, q += d^2.
+// double: double lanes. float (also half, converted): float lanes over short
+// blocks (kBlock elements, kBlock / kLanes terms per lane), each block's partial
+// sums added in double, so the float rounding error stays that of a
+// 64-term sum whatever the plane size, while the inner loop runs at float width.
+// float path: explicit 2 x 4-lane vectors (GCC/Clang vector extensions, plain SSE2 on
+// x86-64); lane k always holds the elements i with i % 8 == k, so the result is
+// the same whatever the caller's split.
+#if defined(__GNUC__)
+inline void shifted_sums_block(const float* x, int64_t n, float shift, double* st, double* qt) noexcept {
+  typedef float v4 __attribute__((vector_size(16)));
+  const v4 sh = {shift, shift, shift, shift};
+  v4 s0 = {0, 0, 0, 0}, s1 = s0, q0 = s0, q1 = s0;
+  for (int64_t i = 0; i + 8 <= n; i += 8) {
+    v4 a, b;
+    std::memcpy(&a, x + i, sizeof(a));
+    std::memcpy(&b, x + i + 4, sizeof(b));
+    a -= sh;
+    b -= sh;
+    s0 += a;
+    s1 += b;
+    q0 += a * a;
+    q1 += b * b;
+  }
+  for (int k = 0; k < 4; ++k) {
+    *st += static_cast<double>(s0[k]) + static_cast<double>(s1[k]);
+    *qt += static_cast<double>(q0[k]) + static_cast<double>(q1[k]);
+  }
+}
+#else
+inline void shifted_sums_block(const float* x, int64_t n, float shift, double* st, double* qt) noexcept {
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = 0; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const float d = x[i + j] - shift;
+      s[j] += d;
+      q[j] += d * d;
+    }
+  for (int j = 0; j < 8; ++j) {
+    *st += static_cast<double>(s[j]);
+    *qt += static_cast<double>(q[j]);
+  }
+}
+#endif
+
+template <typename C>
+inline void shifted_sums(const C* x, int64_t n, C shift, double* s_out, double* q_out) noexcept {
+  double st = 0.0, qt = 0.0;
+  int64_t i = 0;
+  if constexpr (std::is_same<C, float>::value) {
+    constexpr int64_t kBlock = 512;  // 64 terms per lane between double flushes
+    for (; i + 8 <= n; i += kBlock) {
+      const int64_t len = (n - i < kBlock) ? (n - i) / 8 * 8 : kBlock;
+      shifted_sums_block(x + i, len, shift, &st, &qt);
+      if (len < kBlock) {
+        i += len;
+        break;
+      }
+    }
+  } else {
+    constexpr int kLanes = 8;
+    double s[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double q[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (; i + kLanes <= n; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) {
+        const double d = x[i + j] - shift;
+        s[j] += d;
+        q[j] += d * d;
+      }
+    for (int j = 0; j < kLanes; ++j) {
+      st += s[j];
+      qt += q[j];
+    }
+  }
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(x[i]) - static_cast<double>(shift);
+    st += d;
+    qt += d * d;
+  }
+  *s_out += st;
+  *q_out += qt;
+}
+
+// Shift near the mean: the mean of the first (up to) 64 values, in double.
+template <typename C>
+inline double pilot_mean(const C* x, int64_t n) noexcept {
+  const int64_t m = n < 64 ? n : 64;
+  double s = 0.0;
+  for (int64_t i = 0; i < m; ++i) s += static_cast<double>(x[i]);
+  return s / static_cast<double>(m);
+}
+
+struct Moments {
+  double mean, var;  // biased variance
+};
+
+// mean = shift + S / n, var = (Q - S^2 / n) / n with shift = the mean of the plane's
+// first values (pilot_mean): the sums are taken next to the mean, so there is no
+// E[x^2] - E[x]^2 cancellation (S^2 / n is a small correction). A non-finite value
+// makes both NaN (the output plane is NaN either way, like the reference).
+inline Moments finish(double shift, double s, double q, int64_t n) noexcept {
+  const double inv_n = 1.0 / static_cast<double>(n);
+  const double m2 = q - s * s * inv_n;
+  return {shift + s * inv_n, (m2 < 0.0 ? 0.0 : m2) * inv_n};  // NaN stays NaN
+}
+
+// float / double planes: straight on the tensor memory.
+template <typename C>
+inline Moments moments(const C* x, int64_t n) noexcept {
+  if (n <= 0) return {NAN, NAN};  // mean of nothing, like the reference
+  const C shift = static_cast<C>(pilot_mean(x, n));
+  double s = 0.0, q = 0.0;
+  shifted_sums(x, n, shift, &s, &q);
+  return finish(static_cast<double>(shift), s, q, n);
+}
+
+inline Moments moments(const half* x, int64_t n) noexcept {
+  if (n <= 0) return {NAN, NAN};
+  float buf[kChunk];
+  float shift = 0.0f;
+  double s = 0.0, q = 0.0;
+  for (int64_t off = 0; off < n; off += kChunk) {
+    const int64_t len = (n - off < kChunk) ? n - off : kChunk;
+    half_to_float_n(x + off, buf, static_cast<size_t>(len));
+    if (off == 0) shift = static_cast<float>(pilot_mean(buf, len));
+    shifted_sums(buf, len, shift, &s, &q);
+  }
+  return finish(static_cast<double>(shift), s, q, n);
+}
+
+// y = ((x - m_hi) - m_lo) * a + b. x and y may alias exactly.
+template <typename C>
+inline void apply(const C* x, C* y, int64_t n, C m_hi, C m_lo, C a, C b) noexcept {
+  for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - m_hi) - m_lo) * a + b;
+}
+
+template <typename C>
+struct PlaneCoeffs {
+  C m_hi, m_lo, a, b;
+};
+
+template <typename C>
+inline PlaneCoeffs<C> coeffs(const Moments& mx, const Moments& mz, float eps, float alpha) noexcept {
+  const double e = static_cast<double>(eps), al = static_cast<double>(alpha);
+  const double s = std::sqrt(mz.var + e) / std::sqrt(mx.var + e);
+  const double a = al * s + (1.0 - al);
+  const double b = al * mz.mean + (1.0 - al) * mx.mean;
+  const C hi = static_cast<C>(mx.mean);
+  const C lo = static_cast<C>(mx.mean - static_cast<double>(hi));  // NaN when mean is inf/NaN
+  return {hi, lo, static_cast<C>(a), static_cast<C>(b)};
+}
+
+template <typename C>
+inline void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha) noexcept {
+  const PlaneCoeffs<C> k = coeffs<C>(moments(x, sx), moments(z, sz), eps, alpha);
+  apply<C>(x, y, sx, k.m_hi, k.m_lo, k.a, k.b);
+}
+
+inline void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, half* y, float eps,
+                          float alpha) noexcept {
+  const PlaneCoeffs<float> k = coeffs<float>(moments(x, sx), moments(z, sz), eps, alpha);
+  float buf[kChunk];
+  for (int64_t off = 0; off < sx; off += kChunk) {
+    const int64_t len = (sx - off < kChunk) ? sx - off : kChunk;
+    half_to_float_n(x + off, buf, static_cast<size_t>(len));
+    apply<float>(buf, buf, len, k.m_hi, k.m_lo, k.a, k.b);
+    float_to_half_n(buf, y + off, static_cast<size_t>(len));
+  }
+}
+
+}  // namespace detail
+
+// Processes planes [range.begin, range.end) of contiguous content (P, sx) and
+// style (P, sz) tensors into y (P, sx). T: float, normexport::half (float math)
+// or double. Never throws.
+template <typename T>
+void adain_planes(const T* content, const T* style, T* y, int64_t content_plane, int64_t style_plane,
+                  PlaneRange range, float eps, float alpha) noexcept {
+  if (content_plane <= 0) return;
+  for (int64_t p = range.begin; p < range.end; ++p) {
+    detail::process_plane(content + p * content_plane, content_plane, style + p * style_plane, style_plane,
+                          y + p * content_plane, eps, alpha);
+  }
+}
+
+}  // namespace adain
+}  // namespace normexport

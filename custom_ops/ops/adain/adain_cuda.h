@@ -1,0 +1,20 @@
+// CUDA launcher of normexport::AdaIN. Plain C++ interface: `stream` is a
+// cudaStream_t, the result a cudaError_t value (0 = success; launch errors are
+// checked with cudaGetLastError).
+#pragma once
+
+#include <cstdint>
+
+#include "normexport/common.h"
+
+namespace normexport {
+namespace adain {
+
+// content, y: device pointers to num_planes * content_plane elements; style:
+// num_planes * style_plane elements (plane = n*C + c). T: float or normexport::half.
+template <typename T>
+int LaunchAdaIN(void* stream, const T* content, const T* style, T* y, int64_t num_planes, int64_t content_plane,
+                int64_t style_plane, float eps, float alpha) noexcept;
+
+}  // namespace adain
+}  // namespace normexport

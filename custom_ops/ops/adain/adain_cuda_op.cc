@@ -1,0 +1,38 @@
+// CUDA execution-provider wrapper of normexport::AdaIN (plain C++, no CUDA
+// headers). Compiled to nothing unless NORMEXPORT_WITH_CUDA.
+#ifdef NORMEXPORT_WITH_CUDA
+
+#include "adain/adain_cuda.h"
+#include "adain/adain_op.h"
+
+namespace normexport {
+namespace adain {
+
+template <typename T>
+OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
+  return Guarded(node, [&]() -> OrtStatus* {
+    Ort::KernelContext kc(context);
+    Problem p;
+    if (OrtStatus* st = Prepare(kc, node, OnnxType<T>::value, &p)) return st;
+    if (p.num_elements == 0) return nullptr;
+    void* stream = kc.GetGPUComputeStream();
+    const int err = LaunchAdaIN<T>(stream, static_cast<const T*>(p.content), static_cast<const T*>(p.style),
+                                   static_cast<T*>(p.y), p.num_planes, p.content_plane, p.style_plane, a.eps,
+                                   a.alpha);
+    if (err != 0) {
+      return CudaErrorStatus(node, err,
+                             StrCat("CUDA kernel launch failed (", OnnxType<T>::name, ", content shape ",
+                                    ShapeToString(p.content_shape), ", style shape ",
+                                    ShapeToString(p.style_shape), ")"));
+    }
+    return nullptr;
+  });
+}
+
+template OrtStatus* ComputeCuda<float>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+template OrtStatus* ComputeCuda<half>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+
+}  // namespace adain
+}  // namespace normexport
+
+#endif  // NORMEXPORT_WITH_CUDA

@@ -1,0 +1,130 @@
+// normexport::AdaIN (domain "normexport", version 1): ORT kernel shared by the
+// CPU and CUDA execution providers.
+//
+//   inputs : content (N, C, D1..Dk), style (N, C, E1..Ek): same rank (>= 3), N and C;
+//            spatial sizes may differ. Element type T in {float, float16}; the CPU EP
+//            also serves double (see src/register.cc for why).
+//   attrs  : epsilon float = 1e-5 (finite, >= 0); alpha float = 1.0 (in [0, 1])
+//   output : Y, shape and type of content
+//   math   : per (n, c) plane, biased variance over the spatial dims,
+//            sigma(t) = sqrt(var(t) + epsilon),
+//            Y = alpha * (sigma(style) (content - mean(content)) / sigma(content) + mean(style))
+//                + (1 - alpha) * content
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "normexport/custom_op.h"
+#include "normexport/ort_utils.h"
+
+namespace normexport {
+namespace adain {
+
+inline constexpr const char* kOpFullName = "normexport::AdaIN";
+
+struct Attrs {
+  float eps = 1e-5f;
+  float alpha = 1.0f;
+};
+
+struct Problem {
+  std::vector<int64_t> content_shape, style_shape;
+  int64_t N = 0, C = 0, content_plane = 0, style_plane = 0, num_planes = 0, num_elements = 0;
+  const void* content = nullptr;
+  const void* style = nullptr;
+  void* y = nullptr;
+};
+
+inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
+  float eps = 1e-5f;
+  if (OrtStatus* st = GetAttrOr(info, node, "epsilon", 1e-5f, &eps)) return st;
+  if (!std::isfinite(eps) || eps < 0.0f)
+    return node.InvalidArgument("attribute epsilon must be a finite number >= 0, got ", eps);
+  float alpha = 1.0f;
+  if (OrtStatus* st = GetAttrOr(info, node, "alpha", 1.0f, &alpha)) return st;
+  if (!(alpha >= 0.0f && alpha <= 1.0f))
+    return node.InvalidArgument("attribute alpha (content-style trade-off) must be in [0, 1], got ", alpha);
+  a->eps = eps;
+  a->alpha = alpha;
+  return nullptr;
+}
+
+// Validates the inputs and allocates Y. p->num_elements may be 0 (empty output, nothing to do).
+inline OrtStatus* Prepare(const Ort::KernelContext& kc, const NodeContext& node, ONNXTensorElementDataType type,
+                          Problem* p) {
+  TensorInfo x, s;
+  if (OrtStatus* st = GetInputTensor(kc, node, 0, "content", type, &x)) return st;
+  if (OrtStatus* st = CheckRankAtLeast(node, 0, "content", x.shape, 3, "(N, C, D1, ..., Dk)")) return st;
+  if (OrtStatus* st = GetInputTensor(kc, node, 1, "style", type, &s)) return st;
+  if (s.shape.size() != x.shape.size())
+    return node.InvalidArgument("input style ('", node.InputName(1), "') must have the rank of content (",
+                                x.shape.size(), "), got rank ", s.shape.size(), " (content shape ",
+                                ShapeToString(x.shape), ", style shape ", ShapeToString(s.shape), ")");
+  for (size_t d = 0; d < 2; ++d) {
+    if (s.shape[d] != x.shape[d])
+      return node.InvalidArgument("style ", d == 0 ? "batch N" : "channels C", "=", s.shape[d],
+                                  " does not match content ", d == 0 ? "batch N" : "channels C", "=",
+                                  x.shape[d], " (content shape ", ShapeToString(x.shape), ", style shape ",
+                                  ShapeToString(s.shape), ")");
+  }
+  p->content_shape = x.shape;
+  p->style_shape = s.shape;
+  p->N = x.shape[0];
+  p->C = x.shape[1];
+  p->content_plane = 1;
+  p->style_plane = 1;
+  for (size_t i = 2; i < x.shape.size(); ++i) p->content_plane *= x.shape[i];
+  for (size_t i = 2; i < s.shape.size(); ++i) p->style_plane *= s.shape[i];
+  p->num_planes = p->N * p->C;
+  p->num_elements = x.size;
+  p->content = x.value.GetTensorRawData();
+  p->style = s.value.GetTensorRawData();
+  Ort::UnownedValue y = kc.GetOutput(0, x.shape);
+  p->y = y.GetTensorMutableRawData();
+  return nullptr;
+}
+
+template <typename T>
+OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
+template <typename T>
+OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
+
+template <typename T, Ep E>
+class AdaINKernel {
+ public:
+  static constexpr const char* kName = "AdaIN";
+  static constexpr size_t kNumInputs = 2;
+  static constexpr size_t kNumOutputs = 1;
+
+  static OrtStatus* Create(const OrtKernelInfo* info, AdaINKernel** out) noexcept {
+    *out = nullptr;
+    try {
+      NodeContext node = NodeContext::FromKernelInfo(info, kOpFullName);
+      Attrs attrs;
+      if (OrtStatus* st = ReadAttrs(info, node, &attrs)) return st;
+      *out = new AdaINKernel(std::move(node), attrs);
+      return nullptr;
+    } catch (...) {
+      return MakeStatus(ORT_FAIL, StrCat(kOpFullName, ": failed to create the kernel"));
+    }
+  }
+
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept {
+    if constexpr (E == Ep::kCpu) {
+      return ComputeCpu<T>(node_, attrs_, context);
+    } else {
+      return ComputeCuda<T>(node_, attrs_, context);
+    }
+  }
+
+ private:
+  AdaINKernel(NodeContext node, Attrs attrs) : node_(std::move(node)), attrs_(attrs) {}
+  NodeContext node_;
+  Attrs attrs_;
+};
+
+}  // namespace adain
+}  // namespace normexport

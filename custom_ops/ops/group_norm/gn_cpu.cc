@@ -1,0 +1,205 @@
+// CPU execution-provider wrapper of normexport::GroupNorm. Splits the work into tasks run on
+// ORT's intra-op thread pool; the split depends only on the shape, so any thread count gives
+// bit-identical results.
+//
+// * Groups of at most kMaxGroupPerTask elements (the common case): tasks of whole groups,
+//   each group read from memory once (the statistics and normalize passes hit cache).
+// * Larger groups: chunks of kChunk elements. Phase 1 computes every chunk's moments
+//   (two-pass, chunk hot) in parallel; they are combined per group in a fixed order (Chan);
+//   phase 2 normalizes the chunks in parallel.
+// The core runs compiled for AVX2 when the CPU has it (chosen once), else for baseline x86-64.
+//
+// -fno-trapping-math for this file only (it changes no result, it lets GCC if-convert the
+// selects of the SiLU's clamp so that loop vectorizes: ~3x faster activation 2).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "group_norm/gn_core.h"
+#include "group_norm/gn_op.h"
+
+namespace normexport {
+namespace gn {
+namespace {
+
+// A task should touch at least this many elements so scheduling overhead stays small.
+constexpr int64_t kMinElementsPerTask = int64_t{1} << 15;
+// Upper bound on whole-group tasks: enough for load balancing on large machines.
+constexpr int64_t kMaxTasks = 1024;
+// Largest group handled by one task (256 KiB of float: stays in L2 between the passes).
+constexpr int64_t kMaxGroupPerTask = int64_t{1} << 16;
+// Chunk of a split group.
+constexpr int64_t kChunk = int64_t{1} << 15;
+
+// ---- run-time ISA dispatch: the core compiled for baseline x86-64 and again for AVX2 ----
+template <typename T>
+struct CoreFns {
+  void (*groups)(const T*, T*, const T*, const T*, int64_t, int64_t, int64_t, GroupRange, float, int) noexcept;
+  Moments (*moments)(const T*, int64_t) noexcept;
+  void (*normalize)(const T*, T*, int64_t, int64_t, int64_t, const T*, const T*, int64_t, const Moments&, float,
+                    int) noexcept;
+};
+
+template <typename T>
+void GroupsBase(const T* x, T* y, const T* s, const T* b, int64_t c, int64_t sp, int64_t g, GroupRange r, float eps,
+                int act) noexcept {
+  group_norm_groups<T>(x, y, s, b, c, sp, g, r, eps, act);
+}
+template <typename T>
+Moments MomentsBase(const T* x, int64_t n) noexcept {
+  return moments<T>(x, n);
+}
+template <typename T>
+void NormalizeBase(const T* xg, T* yg, int64_t begin, int64_t end, int64_t sp, const T* s, const T* b, int64_t c0,
+                   const Moments& m, float eps, int act) noexcept {
+  normalize_range<T>(xg, yg, begin, end, sp, s, b, c0, m, eps, act);
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define NX_GN_AVX2 __attribute__((target("avx2")))
+template <typename T>
+NX_GN_AVX2 void GroupsAvx2(const T* x, T* y, const T* s, const T* b, int64_t c, int64_t sp, int64_t g, GroupRange r,
+                           float eps, int act) noexcept {
+  group_norm_groups<T>(x, y, s, b, c, sp, g, r, eps, act);
+}
+template <typename T>
+NX_GN_AVX2 Moments MomentsAvx2(const T* x, int64_t n) noexcept {
+  return moments<T>(x, n);
+}
+template <typename T>
+NX_GN_AVX2 void NormalizeAvx2(const T* xg, T* yg, int64_t begin, int64_t end, int64_t sp, const T* s, const T* b,
+                              int64_t c0, const Moments& m, float eps, int act) noexcept {
+  normalize_range<T>(xg, yg, begin, end, sp, s, b, c0, m, eps, act);
+}
+inline bool CpuHasAvx2() noexcept {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return has;
+}
+#endif
+
+template <typename T>
+CoreFns<T> Core() noexcept {
+#if defined(NX_GN_AVX2)
+  if (CpuHasAvx2()) return {&GroupsAvx2<T>, &MomentsAvx2<T>, &NormalizeAvx2<T>};
+#endif
+  return {&GroupsBase<T>, &MomentsBase<T>, &NormalizeBase<T>};
+}
+
+template <typename T>
+struct WholeGroupsJob {
+  const T* x;
+  T* y;
+  const T* scale;
+  const T* bias;
+  int64_t C, spatial, G, num_groups_total, groups_per_task;
+  float eps;
+  int act;
+  CoreFns<T> fns;
+
+  void Run(int64_t task) const noexcept {
+    const int64_t begin = task * groups_per_task;
+    const int64_t end = std::min(num_groups_total, begin + groups_per_task);
+    if (begin < end) fns.groups(x, y, scale, bias, C, spatial, G, {begin, end}, eps, act);
+  }
+  static void RunTask(void* job, size_t task) {
+    static_cast<const WholeGroupsJob*>(job)->Run(static_cast<int64_t>(task));
+  }
+};
+
+template <typename T>
+struct SplitGroupsJob {
+  const T* x;
+  T* y;
+  const T* scale;
+  const T* bias;
+  int64_t spatial, G, cpg, group_size, chunks_per_group;
+  float eps;
+  int act;
+  Moments* chunk_moments;       // phase 1 output, one per chunk
+  const Moments* group_moments;  // phase 2 input, one per group
+  CoreFns<T> fns;
+
+  void Chunk(int64_t task, int64_t* grp, int64_t* begin, int64_t* end) const noexcept {
+    *grp = task / chunks_per_group;
+    *begin = (task % chunks_per_group) * kChunk;
+    *end = std::min(group_size, *begin + kChunk);
+  }
+  static void Stats(void* job, size_t task) {
+    const auto* j = static_cast<const SplitGroupsJob*>(job);
+    int64_t grp, begin, end;
+    j->Chunk(static_cast<int64_t>(task), &grp, &begin, &end);
+    j->chunk_moments[task] = j->fns.moments(j->x + grp * j->group_size + begin, end - begin);
+  }
+  static void Normalize(void* job, size_t task) {
+    const auto* j = static_cast<const SplitGroupsJob*>(job);
+    int64_t grp, begin, end;
+    j->Chunk(static_cast<int64_t>(task), &grp, &begin, &end);
+    const int64_t offset = grp * j->group_size;
+    j->fns.normalize(j->x + offset, j->y + offset, begin, end, j->spatial, j->scale, j->bias,
+                       (grp % j->G) * j->cpg, j->group_moments[grp], j->eps, j->act);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
+  return Guarded(node, [&]() -> OrtStatus* {
+    Ort::KernelContext kc(context);
+    Problem p;
+    if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
+    if (p.num_elements == 0) return nullptr;  // empty tensor: empty output
+
+    const T* x = static_cast<const T*>(p.x);
+    T* y = static_cast<T*>(p.y);
+    const T* scale = static_cast<const T*>(p.scale);
+    const T* bias = static_cast<const T*>(p.bias);
+
+    if (p.group_size <= kMaxGroupPerTask) {
+      const int64_t min_groups = std::max<int64_t>(1, (kMinElementsPerTask + p.group_size - 1) / p.group_size);
+      int64_t num_tasks = (p.num_groups_total + min_groups - 1) / min_groups;
+      num_tasks = std::max<int64_t>(1, std::min(num_tasks, kMaxTasks));
+      const int64_t per_task = (p.num_groups_total + num_tasks - 1) / num_tasks;
+      num_tasks = (p.num_groups_total + per_task - 1) / per_task;
+      WholeGroupsJob<T> job{x, y, scale, bias, p.C, p.spatial, p.G, p.num_groups_total, per_task, a.eps,
+                            a.activation, Core<T>()};
+      if (num_tasks == 1) {
+        job.Run(0);
+      } else {
+        kc.ParallelFor(&WholeGroupsJob<T>::RunTask, static_cast<size_t>(num_tasks), static_cast<size_t>(num_tasks),
+                       &job);
+      }
+      return nullptr;
+    }
+
+    const int64_t chunks_per_group = (p.group_size + kChunk - 1) / kChunk;
+    const int64_t num_chunks = p.num_groups_total * chunks_per_group;
+    std::vector<Moments> chunk_moments(static_cast<size_t>(num_chunks));
+    std::vector<Moments> group_moments(static_cast<size_t>(p.num_groups_total));
+    SplitGroupsJob<T> job{x, y, scale, bias, p.spatial, p.G, p.C / p.G, p.group_size, chunks_per_group,
+                          a.eps, a.activation, chunk_moments.data(), group_moments.data(), Core<T>()};
+    kc.ParallelFor(&SplitGroupsJob<T>::Stats, static_cast<size_t>(num_chunks), static_cast<size_t>(num_chunks), &job);
+    for (int64_t g = 0; g < p.num_groups_total; ++g) {
+      Moments m = chunk_moments[static_cast<size_t>(g * chunks_per_group)];
+      for (int64_t k = 1; k < chunks_per_group; ++k) m = combine(m, chunk_moments[static_cast<size_t>(g * chunks_per_group + k)]);
+      group_moments[static_cast<size_t>(g)] = m;
+    }
+    kc.ParallelFor(&SplitGroupsJob<T>::Normalize, static_cast<size_t>(num_chunks), static_cast<size_t>(num_chunks),
+                   &job);
+    return nullptr;
+  });
+}
+
+template OrtStatus* ComputeCpu<float>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+template OrtStatus* ComputeCpu<half>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+template OrtStatus* ComputeCpu<double>(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+
+}  // namespace gn
+}  // namespace normexport

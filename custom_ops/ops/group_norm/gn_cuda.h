@@ -1,0 +1,20 @@
+// CUDA launcher of normexport::GroupNorm. Plain C++ interface: no CUDA headers needed by
+// callers; `stream` is a cudaStream_t, the result a cudaError_t value (0 = success; launch
+// errors are checked with cudaGetLastError).
+#pragma once
+
+#include <cstdint>
+
+#include "normexport/common.h"
+
+namespace normexport {
+namespace gn {
+
+// X, Y: device pointers to N * C * spatial contiguous elements; scale, bias: C elements.
+// num_groups divides channels. activation: 0 none, 1 ReLU, 2 SiLU. T: float or normexport::half.
+template <typename T>
+int LaunchGroupNorm(void* stream, const T* x, T* y, const T* scale, const T* bias, int64_t batch, int64_t channels,
+                    int64_t spatial, int64_t num_groups, float eps, int activation) noexcept;
+
+}  // namespace gn
+}  // namespace normexport

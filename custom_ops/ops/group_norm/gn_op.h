@@ -1,0 +1,150 @@
+// normexport::GroupNorm (domain "normexport", version 1): ORT kernel shared by the CPU and
+// CUDA execution providers. Contract: normexport/ops/groupnorm.py.
+//
+//   inputs : X (N, C, D1..Dk), k >= 0 (rank 2: one value per channel); scale, bias with C
+//            elements each. All of element type T in {float, float16}; the CPU EP also
+//            serves double (see src/register.cc for why).
+//   attrs  : num_groups int (required, > 0, divides C); epsilon float = 1e-5 (finite, >= 0);
+//            activation int = 0 (0 none, 1 ReLU, 2 SiLU), applied after the affine
+//   output : Y, same shape and type as X
+//   math   : per sample n and group g of C/G consecutive channels, mean/biased variance over
+//            (C/G, D1..Dk); Y[n,c] = act(scale[c] * (X[n,c] - mean) / sqrt(var + eps) + bias[c])
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "normexport/custom_op.h"
+#include "normexport/ort_utils.h"
+
+namespace normexport {
+namespace gn {
+
+inline constexpr const char* kOpFullName = "normexport::GroupNorm";
+
+struct Attrs {
+  int64_t num_groups = 0;
+  float eps = 1e-5f;
+  int activation = 0;
+};
+
+// Everything a compute function needs, validated.
+struct Problem {
+  std::vector<int64_t> x_shape;
+  int64_t N = 0, C = 0, G = 0, spatial = 0, num_groups_total = 0, group_size = 0, num_elements = 0;
+  const void* x = nullptr;
+  const void* scale = nullptr;
+  const void* bias = nullptr;
+  void* y = nullptr;
+};
+
+inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
+  int64_t groups = 0;
+  OrtStatus* st = Ort::GetApi().KernelInfoGetAttribute_int64(info, "num_groups", &groups);
+  if (st != nullptr) {
+    Ort::GetApi().ReleaseStatus(st);
+    if (HasAttribute(info, "num_groups"))
+      return node.InvalidArgument("attribute 'num_groups' must be an int (AttributeProto INT)");
+    return node.InvalidArgument("attribute 'num_groups' is required (the number of channel groups)");
+  }
+  if (groups <= 0) return node.InvalidArgument("attribute num_groups must be > 0, got ", groups);
+  float eps = 1e-5f;
+  if (OrtStatus* s = GetAttrOr(info, node, "epsilon", 1e-5f, &eps)) return s;
+  if (!std::isfinite(eps) || eps < 0.0f)
+    return node.InvalidArgument("attribute epsilon must be a finite number >= 0, got ", eps);
+  int64_t act = 0;
+  if (OrtStatus* s = GetAttrOr(info, node, "activation", int64_t{0}, &act)) return s;
+  if (act < 0 || act > 2)
+    return node.InvalidArgument("attribute activation must be 0 (none), 1 (ReLU) or 2 (SiLU), got ", act);
+  a->num_groups = groups;
+  a->eps = eps;
+  a->activation = static_cast<int>(act);
+  return nullptr;
+}
+
+// Validates the inputs and allocates Y. On success p->num_elements may be 0 (empty tensor):
+// the output exists and nothing needs computing.
+inline OrtStatus* Prepare(const Ort::KernelContext& kc, const NodeContext& node, const Attrs& a,
+                          ONNXTensorElementDataType type, Problem* p) {
+  TensorInfo x;
+  if (OrtStatus* st = GetInputTensor(kc, node, 0, "X", type, &x)) return st;
+  if (OrtStatus* st = CheckRankAtLeast(node, 0, "X", x.shape, 2, "(N, C, D1, ..., Dk)")) return st;
+  p->x_shape = x.shape;
+  p->N = x.shape[0];
+  p->C = x.shape[1];
+  p->G = a.num_groups;
+  p->spatial = 1;
+  for (size_t i = 2; i < x.shape.size(); ++i) p->spatial *= x.shape[i];
+  p->num_elements = x.size;
+  if (p->C % p->G != 0) {
+    return node.InvalidArgument("num_groups=", p->G, " does not divide the C=", p->C, " channels of input X ('",
+                                node.InputName(0), "', shape ", ShapeToString(x.shape),
+                                "); C must be a multiple of num_groups");
+  }
+  p->num_groups_total = p->N * p->G;
+  p->group_size = (p->C / p->G) * p->spatial;
+
+  static const char* const kLabels[] = {"X", "scale", "bias"};
+  const void* params[3] = {nullptr, nullptr, nullptr};
+  for (size_t i = 1; i <= 2; ++i) {
+    TensorInfo t;
+    if (OrtStatus* st = GetInputTensor(kc, node, i, kLabels[i], type, &t)) return st;
+    if (t.size != p->C) {  // the message is only built on failure (Compute stays allocation-light)
+      return CheckElementCount(node, i, kLabels[i], t.size, p->C,
+                               StrCat("input X has C=", p->C, " channels (X shape ", ShapeToString(x.shape), ")"));
+    }
+    params[i] = t.value.GetTensorRawData();
+  }
+  p->x = x.value.GetTensorRawData();
+  p->scale = params[1];
+  p->bias = params[2];
+
+  Ort::UnownedValue y = kc.GetOutput(0, x.shape);
+  p->y = y.GetTensorMutableRawData();
+  return nullptr;
+}
+
+// Per-EP compute functions (gn_cpu.cc, gn_cuda_op.cc). T: float, half (and double on CPU).
+template <typename T>
+OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
+template <typename T>
+OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
+
+template <typename T, Ep E>
+class GroupNormKernel {
+ public:
+  static constexpr const char* kName = "GroupNorm";
+  static constexpr size_t kNumInputs = 3;
+  static constexpr size_t kNumOutputs = 1;
+
+  static OrtStatus* Create(const OrtKernelInfo* info, GroupNormKernel** out) noexcept {
+    *out = nullptr;
+    try {
+      NodeContext node = NodeContext::FromKernelInfo(info, kOpFullName);
+      Attrs attrs;
+      if (OrtStatus* st = ReadAttrs(info, node, &attrs)) return st;
+      *out = new GroupNormKernel(std::move(node), attrs);
+      return nullptr;
+    } catch (...) {
+      return MakeStatus(ORT_FAIL, StrCat(kOpFullName, ": failed to create the kernel"));
+    }
+  }
+
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept {
+    if constexpr (E == Ep::kCpu) {
+      return ComputeCpu<T>(node_, attrs_, context);
+    } else {
+      return ComputeCuda<T>(node_, attrs_, context);
+    }
+  }
+
+ private:
+  GroupNormKernel(NodeContext node, Attrs attrs) : node_(std::move(node)), attrs_(attrs) {}
+  NodeContext node_;
+  Attrs attrs_;
+};
+
+}  // namespace gn
+}  // namespace normexport

@@ -1,0 +1,150 @@
+// Framework-free CPU core of normexport::SwitchableNorm (eval form).
+//
+// X, Y: contiguous (N, C, S) (S = product of the spatial dims, 1 for rank 2).
+// Three phases, each split by the caller over independent units:
+//   1. plane_stats   (planes)  : IN mean / biased variance of every plane X[n, c],
+//                                two passes accumulated in double
+//   2. mix_sample    (samples) : LN statistics of X[n] from the IN ones (law of
+//                                total variance, no E[x^2] - E[x]^2 cancellation),
+//                                softmax-weighted mean / var per (n, c) with the BN
+//                                running statistics, folded with scale into one
+//                                per-plane multiplier
+//   3. apply_planes  (planes)  : y = ((x - mu_hi) - mu_lo) * a + bias[c]
+// Statistics and mixing are done in double for every T; the streaming pass in
+// the compute type (float for float/half, double for double). An absent branch
+// (IN for rank 2, BN without using_bn) contributes exactly nothing, as in the
+// function body (no 0 * Inf).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "normexport/common.h"
+#include "normexport/cpu_half.h"
+#include "normexport/cpu_moments.h"
+
+namespace normexport {
+namespace switchable_norm {
+
+// Branch weights: softmax of the logits, placed at IN / LN / BN (0 when absent).
+struct Weights {
+  double in = 0.0, ln = 0.0, bn = 0.0;
+  bool has_in = false, has_bn = false;
+};
+
+// Softmax in double like the function body (max-shifted, NaN propagating).
+template <typename T>
+inline Weights softmax_weights(const T* logits, int64_t k, bool has_in, bool has_bn) noexcept {
+  double v[3] = {0.0, 0.0, 0.0};
+  double mx = -std::numeric_limits<double>::infinity();
+  bool nan = false;
+  for (int64_t i = 0; i < k; ++i) {
+    v[i] = static_cast<double>(moments::load(logits[i]));
+    if (std::isnan(v[i])) nan = true;
+    if (v[i] > mx) mx = v[i];
+  }
+  double e[3] = {0.0, 0.0, 0.0};
+  double s = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+    e[i] = nan ? std::numeric_limits<double>::quiet_NaN() : std::exp(v[i] - mx);
+    s += e[i];
+  }
+  Weights w;
+  w.has_in = has_in;
+  w.has_bn = has_bn;
+  int64_t j = 0;
+  if (has_in) w.in = e[j++] / s;
+  w.ln = e[j++] / s;
+  if (has_bn) w.bn = e[j++] / s;
+  return w;
+}
+
+template <typename T>
+struct Tensors {
+  const T* x;
+  const T* scale;         // C
+  const T* bias;          // C
+  const T* running_mean;  // C (read when using_bn)
+  const T* running_var;   // C (read when using_bn)
+  T* y;
+  int64_t channels, plane_size;
+  float eps;
+  Weights wm, wv;
+  // scratch, 2 doubles per plane: phase 1 writes (IN mean, IN var), phase 2
+  // overwrites them in place with (mu, a = scale / sqrt(var + eps))
+  double* stat0;
+  double* stat1;
+};
+
+// Phase 1 on planes [begin, end).
+template <typename T>
+void plane_stats(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const moments::Moments m = moments::plane_moments(t.x + plane * t.plane_size, t.plane_size);
+    t.stat0[plane] = m.mean;
+    t.stat1[plane] = m.var;
+  }
+}
+
+// Phase 2 on samples [begin, end).
+template <typename T>
+void mix_samples(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+  const int64_t C = t.channels;
+  const double inv_c = 1.0 / static_cast<double>(C);
+  for (int64_t n = begin; n < end; ++n) {
+    double* mean = t.stat0 + n * C;
+    double* var = t.stat1 + n * C;
+    double s = 0.0;
+    for (int64_t c = 0; c < C; ++c) s += mean[c];
+    const double mean_ln = s * inv_c;
+    double sv = 0.0, se = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double e = mean[c] - mean_ln;
+      sv += var[c];
+      se += e * e;
+    }
+    const double var_ln = sv * inv_c + se * inv_c;
+    for (int64_t c = 0; c < C; ++c) {
+      double mu = t.wm.ln * mean_ln;
+      double v = t.wv.ln * var_ln;
+      if (t.wm.has_in) mu = t.wm.in * mean[c] + mu;
+      if (t.wv.has_in) v = t.wv.in * var[c] + v;
+      if (t.wm.has_bn) mu = mu + t.wm.bn * static_cast<double>(moments::load(t.running_mean[c]));
+      if (t.wv.has_bn) v = v + t.wv.bn * static_cast<double>(moments::load(t.running_var[c]));
+      mean[c] = mu;
+      var[c] = static_cast<double>(moments::load(t.scale[c])) / std::sqrt(v + static_cast<double>(t.eps));
+    }
+  }
+}
+
+namespace detail {
+template <typename C>
+inline void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b) noexcept {
+  for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - hi) - lo) * a + b;
+}
+inline void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b) noexcept {
+  float buf[moments::kHalfChunk];
+  for (int64_t off = 0; off < n; off += moments::kHalfChunk) {
+    const int64_t len = (n - off < moments::kHalfChunk) ? n - off : moments::kHalfChunk;
+    half_to_float_n(x + off, buf, static_cast<size_t>(len));
+    affine<float>(buf, buf, len, hi, lo, a, b);
+    float_to_half_n(buf, y + off, static_cast<size_t>(len));
+  }
+}
+}  // namespace detail
+
+// Phase 3 on planes [begin, end).
+template <typename T>
+void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+  using C = typename moments::compute_type<T>::type;
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const moments::Split<C> mu = moments::split<C>(t.stat0[plane]);
+    const int64_t off = plane * t.plane_size;
+    detail::affine(t.x + off, t.y + off, t.plane_size, mu.hi, mu.lo, static_cast<C>(t.stat1[plane]),
+                   static_cast<C>(moments::load(t.bias[plane % t.channels])));
+  }
+}
+
+}  // namespace switchable_norm
+}  // namespace normexport

@@ -1,0 +1,108 @@
+"""`normexport bench`: the JSON document's structure (every registry custom op, every
+measurement positive and finite or null where it does not apply, ratios = quotients of the
+times, every path computing the same outputs). No timing assertions: speed claims live in
+the bench output only."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+import normexport
+from normexport import bench, registry
+
+
+def _run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "normexport.cli", "bench", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def doc():
+    r = _run("--quick", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def _positive(v):
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_header(doc):
+    assert doc["quick"] is True and doc["repeat"] == 2 and doc["threads"] == 2
+    assert _positive(doc["llc_bytes"]) and doc["llc_source"]
+    assert doc["library"] == normexport.library_path()
+
+
+def test_every_custom_op_present(doc):
+    assert {r["op"] for r in doc["ops"]} == set(registry.custom_ops())
+    assert all(r["size"] == "quick" for r in doc["ops"])
+
+
+def test_measurements_positive_or_not_applicable(doc):
+    lib = normexport.library_path()
+    for r in doc["ops"]:
+        m = r["measurements"]
+        assert {"native", "function", "torch", "copy"} <= set(m), r["op"]
+        native_expected = bool(lib) and "float32" in registry.custom_ops()[r["op"]].kernels.get(registry.CPU, ())
+        assert (m["native"] is not None) == native_expected, (r["op"], r["notes"])
+        if m["native"] is None:
+            assert any("function path only" in n for n in r["notes"]), r
+        assert any(k.startswith("stock:") for k in m), f"{r['op']}: no stock-ORT formulation"
+        assert _positive(r["bytes"])
+        for k, v in m.items():
+            if k == "native" and v is None:
+                continue
+            assert v is not None, (r["op"], k)
+            assert _positive(v["ms"]) and _positive(v["gbps"]), (r["op"], k, v)
+            assert math.isclose(v["gbps"], r["bytes"] / (v["ms"] * 1e-3) / 1e9, rel_tol=1e-9)
+
+
+def test_ratios_are_quotients_of_the_times(doc):
+    for r in doc["ops"]:
+        m = r["measurements"]
+        assert {"native/copy", "function/native", "torch/native"} <= set(r["ratios"])
+        assert {f"{k}/native" for k in m if k.startswith("stock:")} <= set(r["ratios"])
+        for key, ratio in r["ratios"].items():
+            a, b = key.rsplit("/", 1)
+            if m[a] is None or m[b] is None:
+                assert ratio is None, (r["op"], key)
+            else:
+                assert _positive(ratio) and math.isclose(ratio, m[a]["ms"] / m[b]["ms"], rel_tol=1e-9), (r["op"], key)
+
+
+def test_every_path_computes_the_same_outputs(doc):
+    """A wrong stock formulation would make a bogus race: all agree with the function body."""
+    for r in doc["ops"]:
+        diffs = r["max_abs_diff_vs_function"]
+        assert {k for k, v in r["measurements"].items() if v is not None} - {"function", "copy"} == set(diffs)
+        for k, d in diffs.items():
+            assert d < 1e-4, (r["op"], k, d)
+
+
+def test_model_section(doc):
+    assert [g["graph"] for g in doc["graphs"]] == list(bench.QUICK_GRAPHS)
+    for g in doc["graphs"]:
+        assert _positive(g["ms"]["ort_function"]) and _positive(g["ms"]["torch"])
+        if normexport.library_path():
+            assert _positive(g["ms"]["ort_library"])
+            assert math.isclose(g["ratios"]["ort_function/ort_library"],
+                                g["ms"]["ort_function"] / g["ms"]["ort_library"], rel_tol=1e-9)
+
+
+def test_text_report_and_op_filter(capsys):
+    from normexport import cli
+    assert cli.main(["bench", "--quick", "--ops", "FilterResponseNorm,groupnorm", "--graphs", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "normexport::FilterResponseNorm" in out and "normexport::GroupNorm" in out
+    assert "normexport::AdaIN" not in out and "models" not in out
+    assert "memory copy" in out and "x native" in out and "GB/s" in out
+
+
+def test_bad_arguments(capsys):
+    from normexport import cli
+    for args in (["--ops", "NoSuchOp"], ["--sizes", "huge"], ["--graphs", "nope"]):
+        assert cli.main(["bench", "--quick", *args]) == 2, args
+        assert "normexport bench" in capsys.readouterr().err, args
