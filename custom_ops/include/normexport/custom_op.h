@@ -19,6 +19,49 @@ inline constexpr int kOpVersion = 1;
 
 enum class Ep { kCpu, kCuda };
 
+// The kernel of every normexport op: its state is the node context (for messages) and the
+// attributes validated once at creation. An op describes itself with a traits struct:
+//   static constexpr const char* kName, *kFullName;  size_t kNumInputs, kNumOutputs;
+//   using Attrs = ...;
+//   static OrtStatus* ReadAttrs(const OrtKernelInfo*, const NodeContext&, Attrs*) noexcept;
+//   template <typename T> static OrtStatus* Cpu(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+//   template <typename T> static OrtStatus* Cuda(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+// and exposes `template <typename T, Ep E> using XKernel = AttrKernel<XOp, T, E>;` for the
+// op table in src/register.cc.
+template <class Op, typename T, Ep E>
+class AttrKernel {
+ public:
+  static constexpr const char* kName = Op::kName;
+  static constexpr size_t kNumInputs = Op::kNumInputs;
+  static constexpr size_t kNumOutputs = Op::kNumOutputs;
+
+  static OrtStatus* Create(const OrtKernelInfo* info, AttrKernel** out) noexcept {
+    *out = nullptr;
+    try {
+      NodeContext node = NodeContext::FromKernelInfo(info, Op::kFullName);
+      typename Op::Attrs attrs;
+      if (OrtStatus* st = Op::ReadAttrs(info, node, &attrs)) return st;
+      *out = new AttrKernel(std::move(node), attrs);
+      return nullptr;
+    } catch (...) {
+      return MakeStatus(ORT_FAIL, StrCat(Op::kFullName, ": failed to create the kernel"));
+    }
+  }
+
+  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept {
+    if constexpr (E == Ep::kCpu) {
+      return Op::template Cpu<T>(node_, attrs_, context);
+    } else {
+      return Op::template Cuda<T>(node_, attrs_, context);
+    }
+  }
+
+ private:
+  AttrKernel(NodeContext node, typename Op::Attrs attrs) : node_(std::move(node)), attrs_(attrs) {}
+  NodeContext node_;
+  typename Op::Attrs attrs_;
+};
+
 template <template <typename, Ep> class K, typename T, Ep E>
 struct SameTypeOp : Ort::CustomOpBase<SameTypeOp<K, T, E>, K<T, E>, /*WithStatus=*/true> {
   using Kernel = K<T, E>;

@@ -112,39 +112,27 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 template <typename T>
 OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
 
-template <typename T, Ep E>
-class GroupNormKernel {
- public:
+struct GroupNormOp {
   static constexpr const char* kName = "GroupNorm";
+  static constexpr const char* kFullName = kOpFullName;
   static constexpr size_t kNumInputs = 3;
   static constexpr size_t kNumOutputs = 1;
-
-  static OrtStatus* Create(const OrtKernelInfo* info, GroupNormKernel** out) noexcept {
-    *out = nullptr;
-    try {
-      NodeContext node = NodeContext::FromKernelInfo(info, kOpFullName);
-      Attrs attrs;
-      if (OrtStatus* st = ReadAttrs(info, node, &attrs)) return st;
-      *out = new GroupNormKernel(std::move(node), attrs);
-      return nullptr;
-    } catch (...) {
-      return MakeStatus(ORT_FAIL, StrCat(kOpFullName, ": failed to create the kernel"));
-    }
+  using Attrs = normexport::gn::Attrs;
+  static OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
+    return normexport::gn::ReadAttrs(info, node, a);
   }
-
-  OrtStatus* ComputeV2(OrtKernelContext* context) noexcept {
-    if constexpr (E == Ep::kCpu) {
-      return ComputeCpu<T>(node_, attrs_, context);
-    } else {
-      return ComputeCuda<T>(node_, attrs_, context);
-    }
+  template <typename T>
+  static OrtStatus* Cpu(const NodeContext& node, const Attrs& a, OrtKernelContext* c) noexcept {
+    return ComputeCpu<T>(node, a, c);
   }
-
- private:
-  GroupNormKernel(NodeContext node, Attrs attrs) : node_(std::move(node)), attrs_(attrs) {}
-  NodeContext node_;
-  Attrs attrs_;
+  template <typename T>
+  static OrtStatus* Cuda(const NodeContext& node, const Attrs& a, OrtKernelContext* c) noexcept {
+    return ComputeCuda<T>(node, a, c);
+  }
 };
+
+template <typename T, Ep E>
+using GroupNormKernel = AttrKernel<GroupNormOp, T, E>;
 
 }  // namespace gn
 }  // namespace normexport
