@@ -9,31 +9,17 @@
 #include <cstdint>
 
 #include "adain/adain_cuda.h"
+#include "normexport/cuda_block.cuh"
 #include "normexport/cuda_launch.h"
 
 namespace normexport {
 namespace adain {
 namespace {
 
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<half> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return __ldg(p + i); }
-__device__ __forceinline__ float Load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void Store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
+using cuda::DeviceType;
+using cuda::Load;
+using cuda::Store;
+using cuda::WarpSum;
 
 constexpr int kMaxThreads = 512;
 

@@ -10,25 +10,16 @@
 #include <cstdint>
 
 #include "group_norm/gn_cuda.h"
+#include "normexport/cuda_block.cuh"
 #include "normexport/cuda_launch.h"
 
 namespace normexport {
 namespace gn {
 namespace {
 
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<half> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return __ldg(p + i); }
-__device__ __forceinline__ float Load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void Store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+using cuda::DeviceType;
+using cuda::Load;
+using cuda::Store;
 
 // (n, mean, m2) += (nb, mean_b, m2_b)  (Chan et al.)
 __device__ __forceinline__ void Combine(float& n, float& mean, float& m2, float nb, float mean_b, float m2_b) {

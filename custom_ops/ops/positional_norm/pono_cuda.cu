@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "normexport/cuda_block.cuh"
 #include "normexport/cuda_launch.h"
 #include "positional_norm/pono_cuda.h"
 
@@ -15,19 +16,9 @@ namespace normexport {
 namespace pono {
 namespace {
 
-template <typename T>
-struct DeviceType {
-  using type = T;
-};
-template <>
-struct DeviceType<half> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return __ldg(p + i); }
-__device__ __forceinline__ float Load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ void Store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void Store(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+using cuda::DeviceType;
+using cuda::Load;
+using cuda::Store;
 
 constexpr int kThreads = 256;
 
