@@ -208,6 +208,25 @@ inline OrtStatus* GetAttrOr(const OrtKernelInfo* info, const NodeContext& ctx, c
   return nullptr;
 }
 
+// An epsilon-like float attribute: `def` when absent, else finite and >= 0.
+inline OrtStatus* GetNonNegativeAttr(const OrtKernelInfo* info, const NodeContext& ctx, const char* name,
+                                     float def, float* out) noexcept {
+  if (OrtStatus* st = GetAttrOr(info, ctx, name, def, out)) return st;
+  if (!std::isfinite(*out) || *out < 0.0f)
+    return ctx.InvalidArgument("attribute ", name, " must be a finite number >= 0, got ", *out);
+  return nullptr;
+}
+
+// A 0/1 int attribute: `def` when absent; any other value is an error.
+inline OrtStatus* GetFlagAttr(const OrtKernelInfo* info, const NodeContext& ctx, const char* name, bool def,
+                              bool* out) noexcept {
+  int64_t v = def ? 1 : 0;
+  if (OrtStatus* st = GetAttrOr(info, ctx, name, v, &v)) return st;
+  if (v != 0 && v != 1) return ctx.InvalidArgument("attribute ", name, " must be 0 or 1, got ", v);
+  *out = v == 1;
+  return nullptr;
+}
+
 // ---------------------------------------------------------------- inputs / shapes
 struct TensorInfo {
   std::vector<int64_t> shape;

@@ -40,14 +40,11 @@ struct Problem {
 
 inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
   float eps = 1e-6f;
-  if (OrtStatus* st = GetAttrOr(info, node, "eps", 1e-6f, &eps)) return st;
-  if (!std::isfinite(eps) || eps < 0.0f)
-    return node.InvalidArgument("attribute eps must be a finite number >= 0, got ", eps);
-  int64_t tlu = 1;
-  if (OrtStatus* st = GetAttrOr(info, node, "tlu", int64_t{1}, &tlu)) return st;
-  if (tlu != 0 && tlu != 1) return node.InvalidArgument("attribute tlu must be 0 or 1, got ", tlu);
+  if (OrtStatus* st = GetNonNegativeAttr(info, node, "eps", 1e-6f, &eps)) return st;
+  bool tlu = true;
+  if (OrtStatus* st = GetFlagAttr(info, node, "tlu", true, &tlu)) return st;
   a->eps = eps;
-  a->tlu = tlu == 1;
+  a->tlu = tlu;
   return nullptr;
 }
 

@@ -51,9 +51,7 @@ inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, 
   }
   if (groups <= 0) return node.InvalidArgument("attribute num_groups must be > 0, got ", groups);
   float eps = 1e-5f;
-  if (OrtStatus* s = GetAttrOr(info, node, "epsilon", 1e-5f, &eps)) return s;
-  if (!std::isfinite(eps) || eps < 0.0f)
-    return node.InvalidArgument("attribute epsilon must be a finite number >= 0, got ", eps);
+  if (OrtStatus* s = GetNonNegativeAttr(info, node, "epsilon", 1e-5f, &eps)) return s;
   int64_t act = 0;
   if (OrtStatus* s = GetAttrOr(info, node, "activation", int64_t{0}, &act)) return s;
   if (act < 0 || act > 2)

@@ -39,14 +39,11 @@ struct Problem {
 
 inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
   float eps = 1e-5f;
-  if (OrtStatus* st = GetAttrOr(info, node, "epsilon", 1e-5f, &eps)) return st;
-  if (!std::isfinite(eps) || eps < 0.0f)
-    return node.InvalidArgument("attribute epsilon must be a finite number >= 0, got ", eps);
-  int64_t unbiased = 1;
-  if (OrtStatus* st = GetAttrOr(info, node, "unbiased", int64_t{1}, &unbiased)) return st;
-  if (unbiased != 0 && unbiased != 1) return node.InvalidArgument("attribute unbiased must be 0 or 1, got ", unbiased);
+  if (OrtStatus* st = GetNonNegativeAttr(info, node, "epsilon", 1e-5f, &eps)) return st;
+  bool unbiased = true;
+  if (OrtStatus* st = GetFlagAttr(info, node, "unbiased", true, &unbiased)) return st;
   a->eps = eps;
-  a->unbiased = unbiased == 1;
+  a->unbiased = unbiased;
   return nullptr;
 }
 

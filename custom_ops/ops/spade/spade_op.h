@@ -40,9 +40,7 @@ struct Problem {
 
 inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
   float eps = 1e-5f;
-  if (OrtStatus* st = GetAttrOr(info, node, "epsilon", 1e-5f, &eps)) return st;
-  if (!std::isfinite(eps) || eps < 0.0f)
-    return node.InvalidArgument("attribute epsilon must be a finite number >= 0, got ", eps);
+  if (OrtStatus* st = GetNonNegativeAttr(info, node, "epsilon", 1e-5f, &eps)) return st;
   int64_t mode = 0;
   if (OrtStatus* st = GetAttrOr(info, node, "mode", int64_t{0}, &mode)) return st;
   if (mode != 0 && mode != 1)

@@ -47,14 +47,11 @@ struct Problem {
 
 inline OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
   float eps = 1e-5f;
-  if (OrtStatus* st = GetAttrOr(info, node, "epsilon", 1e-5f, &eps)) return st;
-  if (!std::isfinite(eps) || eps < 0.0f)
-    return node.InvalidArgument("attribute epsilon must be a finite number >= 0, got ", eps);
-  int64_t using_bn = 1;
-  if (OrtStatus* st = GetAttrOr(info, node, "using_bn", int64_t{1}, &using_bn)) return st;
-  if (using_bn != 0 && using_bn != 1) return node.InvalidArgument("attribute using_bn must be 0 or 1, got ", using_bn);
+  if (OrtStatus* st = GetNonNegativeAttr(info, node, "epsilon", 1e-5f, &eps)) return st;
+  bool using_bn = true;
+  if (OrtStatus* st = GetFlagAttr(info, node, "using_bn", true, &using_bn)) return st;
   a->eps = eps;
-  a->using_bn = using_bn == 1;
+  a->using_bn = using_bn;
   return nullptr;
 }
 
