@@ -23,9 +23,9 @@ enum class Ep { kCpu, kCuda };
 // attributes validated once at creation. An op describes itself with a traits struct:
 //   static constexpr const char* kName, *kFullName;  size_t kNumInputs, kNumOutputs;
 //   using Attrs = ...;
-//   static OrtStatus* ReadAttrs(const OrtKernelInfo*, const NodeContext&, Attrs*) noexcept;
-//   template <typename T> static OrtStatus* Cpu(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
-//   template <typename T> static OrtStatus* Cuda(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept;
+//   ReadAttrs: OrtStatus* (*)(const OrtKernelInfo*, const NodeContext&, Attrs*) noexcept;
+//   Cpu<T>, Cuda<T>: OrtStatus* (*)(const NodeContext&, const Attrs&, OrtKernelContext*) noexcept
+//     (function pointers to the op's compute functions; Cuda<T> is only used in CUDA builds).
 // and exposes `template <typename T, Ep E> using XKernel = AttrKernel<XOp, T, E>;` for the
 // op table in src/register.cc.
 template <class Op, typename T, Ep E>

@@ -79,23 +79,15 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 template <typename T>
 OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
 
+// The op's traits for AttrKernel (include/normexport/custom_op.h).
 struct PositionalNormOp {
   static constexpr const char* kName = "PositionalNorm";
   static constexpr const char* kFullName = kOpFullName;
-  static constexpr size_t kNumInputs = 1;
-  static constexpr size_t kNumOutputs = 3;
+  static constexpr size_t kNumInputs = 1, kNumOutputs = 3;
   using Attrs = normexport::pono::Attrs;
-  static OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
-    return normexport::pono::ReadAttrs(info, node, a);
-  }
-  template <typename T>
-  static OrtStatus* Cpu(const NodeContext& node, const Attrs& a, OrtKernelContext* c) noexcept {
-    return ComputeCpu<T>(node, a, c);
-  }
-  template <typename T>
-  static OrtStatus* Cuda(const NodeContext& node, const Attrs& a, OrtKernelContext* c) noexcept {
-    return ComputeCuda<T>(node, a, c);
-  }
+  static constexpr auto ReadAttrs = &normexport::pono::ReadAttrs;
+  template <typename T> static constexpr auto Cpu = &ComputeCpu<T>;
+  template <typename T> static constexpr auto Cuda = &ComputeCuda<T>;
 };
 
 template <typename T, Ep E>

@@ -105,23 +105,15 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 template <typename T>
 OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept;
 
+// The op's traits for AttrKernel (include/normexport/custom_op.h).
 struct SwitchableNormOp {
   static constexpr const char* kName = "SwitchableNorm";
   static constexpr const char* kFullName = kOpFullName;
-  static constexpr size_t kNumInputs = 7;
-  static constexpr size_t kNumOutputs = 1;
+  static constexpr size_t kNumInputs = 7, kNumOutputs = 1;
   using Attrs = normexport::switchable_norm::Attrs;
-  static OrtStatus* ReadAttrs(const OrtKernelInfo* info, const NodeContext& node, Attrs* a) noexcept {
-    return normexport::switchable_norm::ReadAttrs(info, node, a);
-  }
-  template <typename T>
-  static OrtStatus* Cpu(const NodeContext& node, const Attrs& a, OrtKernelContext* c) noexcept {
-    return ComputeCpu<T>(node, a, c);
-  }
-  template <typename T>
-  static OrtStatus* Cuda(const NodeContext& node, const Attrs& a, OrtKernelContext* c) noexcept {
-    return ComputeCuda<T>(node, a, c);
-  }
+  static constexpr auto ReadAttrs = &normexport::switchable_norm::ReadAttrs;
+  template <typename T> static constexpr auto Cpu = &ComputeCpu<T>;
+  template <typename T> static constexpr auto Cuda = &ComputeCuda<T>;
 };
 
 template <typename T, Ep E>
