@@ -692,7 +692,7 @@ def check(model, args, onnx_path: str | os.PathLike | onnx.ModelProto, *,
           tolerance: Mapping[str, Tolerance] | Tolerance | None = None,
           localize_layers: bool | str = "auto", layer_rtol: float | Mapping[str, float] | None = None,
           reference: str = "float32", use_library: bool = True,
-          sections: Mapping[str, Any] | None = None) -> CheckReport:
+          sections: Mapping[str, Any] | None = None, input_source: str | None = None) -> CheckReport:
     """Run ``model`` (torch, eval mode) and ``onnx_path`` (ONNX Runtime with the op library) on
     the same inputs, for each provider x dtype, and compare every output.
 
@@ -708,6 +708,7 @@ def check(model, args, onnx_path: str | os.PathLike | onnx.ModelProto, *,
     layer_rtol: normwise bound of an intermediate layer (default LAYER_TOLERANCES per dtype).
     reference: "float32" (the model as it is) or "float64" (a float64 copy, inputs cast).
     sections: extra report sections (objects with ok / format() / to_dict()).
+    input_source: how the inputs were made, for the report (e.g. "random, seed 0").
     Returns a CheckReport (truthy when every output of every run passes)."""
     import torch
 
@@ -744,6 +745,7 @@ def check(model, args, onnx_path: str | os.PathLike | onnx.ModelProto, *,
         args = _as_tensors(args)
         arrays = [a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in args]
     _validate_inputs(arrays, vis)
+    source = input_source or source
 
     report = CheckReport(onnx_path=label, reference=f"torch {reference} eval", inputs=[
         {"name": v.name, "shape": list(a.shape), "dtype": str(a.dtype), "source": source}

@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_cmd_gpu_check)
     from .cli_export import add_parser as _add_export
     _add_export(sub)
+    from .cli_check import add_parser as _add_check
+    _add_check(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 
