@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=_cmd_gpu_check)
     from .cli_export import add_parser as _add_export
     _add_export(sub)
+    from .cli_fold import add_parser as _add_fold
+    _add_fold(sub)
     from .cli_check import add_parser as _add_check
     _add_check(sub)
+    from .cli_calibrate import add_parsers as _add_calibrate   # recalibrate, audit-fp16
+    _add_calibrate(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 

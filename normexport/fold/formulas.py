@@ -19,6 +19,14 @@ BN after the layer, ``s (W * x + b) + t``  (exact for any padding, stride, dilat
                         (weight (C_in, C_out/G, k...): dim 1 indexes the output channel
                          within group g(i) = i // (C_in/G))
 
+ONNX Gemm, ``Y = alpha A op(B) + beta C`` (op(B) = B, or B^T with transB = 1; Y (M, N); C
+broadcast to (M, N)) is a Linear with weight ``W = op(B)^T`` (N, K) scaled by alpha and bias
+``beta C``; the Gemm forms below return a Gemm with alpha = beta = 1 (B' in B's stored layout)::
+
+    BN after (channel = column n):   B' = alpha s W  (as op(B))     C' = s beta C + t   (C' = t without C)
+    BN before (channel = column k of A, transA = 0):
+                                     B' = alpha W s  (as op(B))     C' = alpha W t + beta C
+
 BN before the layer, ``W * (s x + t) + b``::
 
     Linear:             W'[o, i] = W[o, i] s[i]                  b'[o] = b[o] + sum_i W[o, i] t[i]
@@ -44,7 +52,8 @@ import torch
 _F64 = torch.float64
 
 __all__ = ["bn_scale_shift", "fold_bn_after_conv", "fold_bn_after_linear", "fold_bn_before_linear",
-           "fold_bn_before_conv", "fold_weight_norm", "normalize_rows"]
+           "fold_bn_before_conv", "fold_bn_after_gemm", "fold_bn_before_gemm", "fold_weight_norm",
+           "normalize_rows"]
 
 
 def _f64(x) -> torch.Tensor | None:
@@ -138,6 +147,37 @@ def fold_bn_before_conv(w, b, s, t, groups: int = 1) -> tuple[torch.Tensor, torc
     if b is not None:
         b_new = b_new + _f64(b)
     return w_new.to(dtype), b_new.to(dtype)
+
+
+def _gemm_weight(b, alpha: float, trans_b: bool) -> torch.Tensor:
+    """Gemm's B as a float64 Linear weight (N, K) with alpha folded in."""
+    b64 = _f64(b)
+    if b64.dim() != 2:
+        raise ValueError(f"Gemm: B must be 2-D, got shape {tuple(b64.shape)}")
+    return (b64 if trans_b else b64.T) * float(alpha)
+
+
+def fold_bn_after_gemm(b, c, s, t, *, alpha: float = 1.0, beta: float = 1.0, trans_b: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``BN(alpha A op(B) + beta C)`` (BN over Y's columns) as ``A op(B') + C'`` (a Gemm with
+    alpha = beta = 1 and the same transB): ``(B', C')`` in B's dtype; ``c`` may be None and of
+    any shape that broadcasts to (M, N) (C' then has the broadcast of C's shape with (N,))."""
+    dtype = _dtype(b)
+    w = _gemm_weight(b, alpha, trans_b)
+    c64 = None if c is None else _f64(c) * float(beta)
+    w_new, c_new = fold_bn_after_linear(w, c64, s, t)   # float64 in, float64 out
+    return (w_new if trans_b else w_new.T).contiguous().to(dtype), c_new.to(dtype)
+
+
+def fold_bn_before_gemm(b, c, s, t, *, alpha: float = 1.0, beta: float = 1.0, trans_b: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alpha BN(A) op(B) + beta C`` (A (M, K), transA = 0, BN over A's columns) as
+    ``A op(B') + C'`` (alpha = beta = 1, same transB): ``(B', C')`` in B's dtype."""
+    dtype = _dtype(b)
+    w = _gemm_weight(b, alpha, trans_b)
+    c64 = None if c is None else _f64(c) * float(beta)
+    w_new, c_new = fold_bn_before_linear(w, c64, s, t)
+    return (w_new if trans_b else w_new.T).contiguous().to(dtype), c_new.to(dtype)
 
 
 def fold_weight_norm(v, g, dim: int | None = 0) -> torch.Tensor:

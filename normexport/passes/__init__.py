@@ -21,5 +21,14 @@ def _register(*rules: Rule) -> None:
         RULES[r.name] = r
 
 
-__all__ = ["RULES", "Applied", "Context", "Explanation", "Match", "NoMatch", "PassError", "Rule",
-           "RuleRun", "run_rules"]
+# ---- fusions register above this line (they run first) -------------------------------------
+
+# ---- folds: keep them last (a fusion consumes BN-free patterns; a fold then cleans up) -------
+from .fold_bn import FOLD_RULES  # noqa: E402
+
+_register(*FOLD_RULES)
+
+from .driver import PassReport, load, resolve_rules, rewrite, rewrite_file, save  # noqa: E402
+
+__all__ = ["RULES", "Applied", "Context", "Explanation", "Match", "NoMatch", "PassError", "PassReport",
+           "Rule", "RuleRun", "load", "resolve_rules", "rewrite", "rewrite_file", "run_rules", "save"]
