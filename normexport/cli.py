@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_fold(sub)
     from .cli_check import add_parser as _add_check
     _add_check(sub)
+    from .cli_calibrate import add_parsers as _add_calibrate   # recalibrate, audit-fp16
+    _add_calibrate(sub)
     args = p.parse_args(argv)
     return args.fn(args)
 
