@@ -237,3 +237,85 @@ def float_dtype(ctx: Context, t: gs.Tensor) -> np.dtype | str:
 
 def nomatch(reason: str) -> NoMatch:
     return NoMatch(reason)
+
+
+_CAST = {1: np.float32, 10: np.float16, 11: np.float64, 6: np.int32, 7: np.int64}
+
+
+def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int = 0) -> np.ndarray | None:
+    """The value of ``t`` if it follows from constants and static shapes alone (the legacy
+    exporter computes e.g. a spatial size as Cast(ReduceProd(Gather(Shape(v), 2)))); the nodes
+    evaluated are appended to ``visited``. None when it does not."""
+    v = ctx.const(t)
+    if v is not None:
+        return np.asarray(v)
+    p = ctx.producer(t)
+    if p is None or depth > 12 or p.domain not in _DEFAULT:
+        return None
+    if p.op == "Shape":
+        s = static_shape(ctx, p.inputs[0])
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        start, end = int(p.attrs.get("start", 0)), p.attrs.get("end")
+        visited.append(p)
+        return np.array(s, dtype=np.int64)[start:None if end is None else int(end)]
+    vals = []
+    for i in p.inputs:
+        if is_empty(i):
+            vals.append(None)
+            continue
+        val = static_eval(ctx, i, visited, depth + 1)
+        if val is None:
+            return None
+        vals.append(val)
+    a = vals[0] if vals else None
+    try:
+        if p.op in ("Identity",):
+            out = a
+        elif p.op == "Cast":
+            out = a.astype(_CAST[int(p.attrs["to"])])
+        elif p.op == "Gather":
+            out = np.take(a, vals[1], axis=int(p.attrs.get("axis", 0)))
+        elif p.op == "ReduceProd":
+            axes = p.attrs.get("axes")
+            if axes is None and len(vals) > 1 and vals[1] is not None:
+                axes = [int(x) for x in vals[1].reshape(-1)]
+            out = np.prod(a, axis=None if not axes else tuple(axes), keepdims=bool(p.attrs.get("keepdims", 1)))
+            out = np.asarray(out, dtype=a.dtype)
+        elif p.op in ("Add", "Sub", "Mul"):
+            out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[p.op](a, vals[1])
+        elif p.op == "Div":
+            out = (a // vals[1]) if np.issubdtype(a.dtype, np.integer) else a / vals[1]
+        elif p.op == "Concat":
+            out = np.concatenate([np.atleast_1d(x) for x in vals], axis=int(p.attrs.get("axis", 0)))
+        elif p.op == "Unsqueeze":
+            axes = p.attrs.get("axes", None if len(vals) < 2 else list(vals[1].reshape(-1)))
+            out = np.expand_dims(a, tuple(int(x) for x in axes))
+        elif p.op == "Squeeze":
+            axes = p.attrs.get("axes", None if len(vals) < 2 or vals[1] is None else list(vals[1].reshape(-1)))
+            out = np.squeeze(a, None if axes is None else tuple(int(x) for x in axes))
+        else:
+            return None
+    except Exception:
+        return None
+    visited.append(p)
+    return np.asarray(out)
+
+
+def graph_order(ctx: Context, nodes: Iterable[gs.Node]) -> list[gs.Node]:
+    pos = {id(n): i for i, n in enumerate(ctx.graph.nodes)}
+    uniq = {id(n): n for n in nodes}
+    return sorted(uniq.values(), key=lambda n: pos.get(id(n), -1))
+
+
+def private_set(ctx: Context, nodes: Iterable[gs.Node], final: gs.Node) -> str | None:
+    """None if every output of every node in ``nodes`` except ``final`` is read only by nodes in
+    ``nodes`` and is not a graph output (the matched nodes can be removed as a whole)."""
+    ids = {id(n) for n in nodes}
+    for n in nodes:
+        if n is final:
+            continue
+        for o in n.outputs:
+            if (why := private_to(ctx, o, [m for m in o.outputs if id(m) in ids])):
+                return why
+    return None
