@@ -21,6 +21,9 @@ def _register(*rules: Rule) -> None:
         RULES[r.name] = r
 
 
+from . import fuse_adain, fuse_frn, fuse_groupnorm, fuse_spade  # noqa: E402
+_register(*fuse_groupnorm.RULES, *fuse_frn.RULES, *fuse_adain.RULES, *fuse_spade.RULES)
+
 # ---- fusions register above this line (they run first) -------------------------------------
 
 # ---- folds: keep them last (a fusion consumes BN-free patterns; a fold then cleans up) -------
