@@ -456,3 +456,21 @@ def test_export_without_fold_keeps_batchnorm(tmp_path):
     # Conv into it, but nothing fuses a BN before a Gemm)
     assert _ops(tmp_path / "m.onnx").count("BatchNormalization") == 1
     assert report.fold is None
+
+
+def test_gemm_formulas_against_float64_composition():
+    """formulas.fold_bn_after_gemm / fold_bn_before_gemm (ONNX Gemm: alpha, beta, transB, C
+    broadcast over rows) in float64 vs the composition in numpy."""
+    rng = np.random.default_rng(7)
+    A, C = rng.standard_normal((3, 4)), rng.standard_normal((3, 1))
+    s5, t5, s4, t4 = rng.random(5) + .5, rng.standard_normal(5), rng.random(4) + .5, rng.standard_normal(4)
+    for trans_b in (False, True):
+        B = rng.standard_normal((5, 4) if trans_b else (4, 5))
+        opB = B.T if trans_b else B
+        b2, c2 = formulas.fold_bn_after_gemm(B, C, s5, t5, alpha=0.7, beta=1.3, trans_b=trans_b)
+        op2 = b2.numpy().T if trans_b else b2.numpy()
+        np.testing.assert_allclose(A @ op2 + c2.numpy(), (0.7 * A @ opB + 1.3 * C) * s5 + t5, rtol=1e-12, atol=1e-12)
+        b3, c3 = formulas.fold_bn_before_gemm(B, C, s4, t4, alpha=0.7, beta=1.3, trans_b=trans_b)
+        op3 = b3.numpy().T if trans_b else b3.numpy()
+        np.testing.assert_allclose(A @ op3 + c3.numpy(), 0.7 * (A * s4 + t4) @ opB + 1.3 * C, rtol=1e-12, atol=1e-12)
+        assert b2.shape == B.shape and b3.shape == B.shape

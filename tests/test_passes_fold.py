@@ -18,7 +18,6 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from normexport import passes
-from normexport.fold import formulas
 from normexport.passes import NoMatch, PassError, rewrite
 from normexport.passes.base import import_graph
 from normexport.passes.fold_bn import FoldBNAfter, FoldBNBefore
@@ -412,22 +411,6 @@ def test_before_refusals_say_why(rng):
     # transA=1 with A (3, 4) needs B (3, N): only the match is asked, the graph is not run
     r = FoldBNBefore().match(*_ctx_node(m, "bn"))
     assert isinstance(r, NoMatch) and "transA=1" in r.reason
-
-
-def test_gemm_formulas_against_numpy(rng):
-    """formulas.fold_bn_after_gemm / fold_bn_before_gemm in float64 vs the composition."""
-    A, C = rng.standard_normal((3, 4)), rng.standard_normal((3, 1))
-    s5, t5, s4, t4 = rng.random(5) + .5, rng.standard_normal(5), rng.random(4) + .5, rng.standard_normal(4)
-    for trans_b in (False, True):
-        B = rng.standard_normal((5, 4) if trans_b else (4, 5))
-        opB = B.T if trans_b else B
-        b2, c2 = formulas.fold_bn_after_gemm(B, C, s5, t5, alpha=0.7, beta=1.3, trans_b=trans_b)
-        op2 = b2.numpy().T if trans_b else b2.numpy()
-        np.testing.assert_allclose(A @ op2 + c2.numpy(), (0.7 * A @ opB + 1.3 * C) * s5 + t5, rtol=1e-12, atol=1e-12)
-        b3, c3 = formulas.fold_bn_before_gemm(B, C, s4, t4, alpha=0.7, beta=1.3, trans_b=trans_b)
-        op3 = b3.numpy().T if trans_b else b3.numpy()
-        np.testing.assert_allclose(A @ op3 + c3.numpy(), 0.7 * (A * s4 + t4) @ opB + 1.3 * C, rtol=1e-12, atol=1e-12)
-        assert b2.shape == B.shape and b3.shape == B.shape
 
 
 # ---- graphs from torch's exporters ---------------------------------------------------------------

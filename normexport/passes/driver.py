@@ -300,6 +300,11 @@ def load(src: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         except (OSError, ValueError, onnx.checker.ValidationError) as e:
             raise PassError(f"input file {str(p)!r} keeps tensors in external data that cannot be read "
                             f"from {str(p.parent)!r}: {e}") from None
+        left = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+        if left:
+            where = {e.key: e.value for e in left[0].external_data}.get("location", "?")
+            raise PassError(f"input file {str(p)!r} keeps tensors in external data that cannot be read: "
+                            f"tensor '{left[0].name}' in {where!r} (not found in {str(p.parent)!r})")
     return model, external
 
 
