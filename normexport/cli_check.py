@@ -27,6 +27,11 @@ module's output (forward hooks) is compared with the ONNX value its nodes produc
 metadata; a folded conv stands for its BN) and the first layer in graph order whose normwise
 error exceeds the layer bound (float32 1e-4, float16 2e-2; --layer-rtol) is named.
 
+--calib DATA.npz adds the train/infer-gap section (normexport.calibrate: per BN-family layer,
+the eval-mode input statistics on this data vs the running statistics; a flagged layer fails
+the check); --fp16 adds the float16 audit section (normexport.fp16audit: which norm layers
+must stay in float32, which fails the check).
+
 --report DIR writes report.txt, report.json and layers.png (error per layer, graph order).
 Exit status: 0 PASS; 1 FAIL (parity, or a failing --calib / --fp16 section); 2 bad arguments,
 factory, inputs or provider.
@@ -59,7 +64,9 @@ def add_parser(sub) -> None:
                    "ONNX function bodies, not the op library")
     s.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     s.add_argument("--calib", metavar="DATA.npz", help="add the train/infer-gap section "
-                   "(normexport.calibrate.train_infer_gap) on these batches")
+                   "(normexport.calibrate.train_infer_gap) on this calibration set (the format of "
+                   "`normexport recalibrate --data`: one array per forward argument, samples on dim 0)")
+    s.add_argument("--calib-batch-size", type=int, default=32, help="samples per --calib batch (default 32)")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.add_argument("--report", metavar="DIR", help="write report.txt, report.json, layers.png here")
     s.set_defaults(fn=run)
@@ -88,37 +95,38 @@ def _inputs(args, model, example, onnx_path):
     return _draw(specs, torch.Generator().manual_seed(args.seed))
 
 
-def _batches_npz(path: str, names):
-    """--calib DATA.npz -> a list of forward-argument tuples: arrays named after the graph
-    inputs (or arr_0, ...), dim 0 = samples; 8 samples per batch."""
-    import torch
-
-    from .check import load_npz
-    arrays = load_npz(path, names)
-    n = min(a.shape[0] for a in arrays)
-    step = 8
-    return [tuple(torch.from_numpy(a[i:i + step].copy()) for a in arrays) for i in range(0, n, step)]
-
-
-def extra_sections(args, model, inputs, onnx_names) -> dict:
-    """The report sections other modules provide (hook: --calib -> normexport.calibrate,
-    --fp16 -> normexport.fp16audit). A missing module: --calib is an error (exit 2), --fp16
-    only notes it (the float16 ORT comparison still runs)."""
+def extra_sections(args, model, inputs) -> tuple[dict, list[str]]:
+    """The report sections of the other checks: --calib -> normexport.calibrate.train_infer_gap
+    on the .npz batches (the format of `normexport recalibrate --data`, read by its loader),
+    --fp16 -> normexport.fp16audit.fp16_audit on the check's inputs. A section that cannot run
+    (module missing, no BN-family layer) is an error for --calib (exit 2, it was asked for) and
+    a note for --fp16 (the float16 ORT comparison still runs)."""
     sections, notes = {}, []
     if args.calib:
         try:
             from .calibrate import train_infer_gap
+            from .cli_calibrate import load_npz as load_calibration
         except ImportError as e:
             raise UsageError(f"--calib needs normexport.calibrate (train_infer_gap), which this "
                              f"install lacks ({e})") from None
-        sections["train_infer_gap"] = train_infer_gap(model, _batches_npz(args.calib, onnx_names))
+        try:
+            batches = load_calibration(args.calib, model, tuple(inputs), args.calib_batch_size, None)
+        except UsageError as e:
+            raise UsageError(str(e).replace("--data", "--calib")) from None
+        try:
+            sections["train_infer_gap"] = train_infer_gap(model, batches)
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"--calib: {e}") from None
     if args.fp16:
         try:
             from .fp16audit import fp16_audit
         except ImportError:
             notes.append("fp16 audit section skipped: normexport.fp16audit is not in this install")
         else:
-            sections["fp16_audit"] = fp16_audit(model, tuple(inputs))
+            try:
+                sections["fp16_audit"] = fp16_audit(model, tuple(inputs))
+            except (ValueError, TypeError) as e:
+                notes.append(f"fp16 audit section skipped: {e}")
     return sections, notes
 
 
@@ -149,7 +157,7 @@ def _run(args) -> int:
             torch.from_numpy(a) for a in load_npz(inputs, names))
         stage("report sections" + (" (train/infer gap)" if args.calib else "")
               + (" (fp16 audit)" if args.fp16 else ""))
-        sections, notes = extra_sections(args, model, tensors, names)
+        sections, notes = extra_sections(args, model, tensors)
     stage(f"checking on {', '.join(providers)}")
     report = check(model, inputs, onnx_path, providers=providers,
                    dtypes=("float32", "float16") if args.fp16 else ("float32",),

@@ -290,6 +290,23 @@ USER_PKG = textwrap.dedent('''
         m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
                           nn.Conv2d(8, 4, 1))
         return m, ((2, 3, 10, 10),)
+
+
+    def build_bn(stale=False):
+        """Conv + BN with running statistics calibrated on N(0, 1) inputs (exact: momentum None),
+        or, stale=True, a running mean 3 sigma off in channel 0."""
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8, momentum=None), nn.ReLU())
+        with torch.no_grad():
+            m.train()
+            m(torch.randn(256, 3, 10, 10))
+            if stale:
+                m[1].running_mean[0] += 3 * m[1].running_var[0].sqrt()
+        return m.eval(), ((2, 3, 10, 10),)
+
+
+    def build_bn_stale():
+        return build_bn(stale=True)
 ''')
 
 
@@ -400,3 +417,49 @@ def test_api_errors(exported):
         check(model, (example[0], example[0]), path)
     with pytest.raises(CheckError, match="dtype 'bfloat16'"):
         check(model, example, path, dtypes="bfloat16")
+
+
+def test_cli_calib_and_fp16_sections(userpkg, tmp_path, capsys):
+    """--calib adds normexport.calibrate's train/infer-gap section, --fp16 the float16 ORT run
+    and normexport.fp16audit's section: a stale running mean fails the check through the gap
+    section although ORT matches torch (the export carries the stale statistics faithfully)."""
+    pytest.importorskip("normexport.calibrate")
+    pytest.importorskip("normexport.fp16audit")
+    models = __import__("chkpkg.models", fromlist=["build_bn"])
+    x = np.random.default_rng(1).standard_normal((64, 3, 10, 10)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    for name, want_rc in (("build_bn", 0), ("build_bn_stale", 1)):
+        model, ex = getattr(models, name)()
+        path = tmp_path / f"{name}.onnx"
+        normexport.export(model, (torch.randn(*ex[0]),), path)
+        rc = cli.main(["check", f"chkpkg.models:{name}", str(path), "--calib", str(tmp_path / "calib.npz"),
+                       "--fp16", "--json"])
+        doc = json.loads(capsys.readouterr().out)
+        assert rc == want_rc, json.dumps(doc["sections"])[:2000]
+        assert [r["dtype"] for r in doc["results"]] == ["float32", "float16"]
+        assert all(r["passed"] for r in doc["results"])          # ORT == torch either way
+        gap = doc["sections"]["train_infer_gap"]
+        assert gap["ok"] is (want_rc == 0) and gap["rows"]
+        assert doc["sections"]["fp16_audit"]["ok"] is True
+        assert doc["passed"] is (want_rc == 0)
+    rc = cli.main(["check", "chkpkg.models:build", str(userpkg), "--calib", str(tmp_path / "calib.npz")])
+    assert rc == 2 and "--calib" in capsys.readouterr().err   # no BN-family layer: nothing to measure
+
+
+def test_subtle_defect_below_layer_bound_names_a_suspect(exported):
+    """A GN eps of 5e-5 instead of 1e-5 fails the output bound (elementwise rtol 1e-5) while no
+    layer's normwise error reaches 1e-4: the report names the layer where the error jumps as
+    the suspect. At 2e-5 the outputs stay within NORMS.md's bound and the check passes."""
+    model, example, path = exported("resnet18_gn")
+    x = _fresh(example)
+    proto = onnx.load(path)
+    _set_eps(proto, "stages.1.1.norm1.0", "GroupNorm", 5e-5)
+    report = check(model, x, proto)
+    assert not report
+    loc = report.results[0].localization
+    assert loc.first is None and loc.suspect is not None, report.format()
+    assert loc.suspect.module == "stages.1.1.norm1.0"
+    assert "suspect: stages.1.1.norm1.0 (GroupNorm)" in report.format()
+    proto = onnx.load(path)
+    _set_eps(proto, "stages.1.1.norm1.0", "GroupNorm", 2e-5)
+    assert check(model, x, proto)
