@@ -11,10 +11,12 @@ from .export import ExportError, ExportReport, export
 # subpackage's modules with ``from normexport.fold import formulas``
 from .fold import FoldReport, fold, fold_with_report
 from .parity import Comparison, compare
+# normexport.check(model, args, path) is the function too; its module: from normexport.check import ...
+from .check import CheckError, CheckReport, check
 from .runtime import library_path, native_info, served_by, session
 
 __version__ = "0.1.0"
 
 __all__ = ["nn", "registry", "export", "ExportError", "ExportReport", "fold", "fold_with_report",
-           "FoldReport", "compare", "Comparison",
+           "FoldReport", "compare", "Comparison", "check", "CheckReport", "CheckError",
            "library_path", "native_info", "session", "served_by", "__version__"]
