@@ -16,7 +16,8 @@ eval mode, flags restored) with forward hooks on every norm layer of the registr
 - BN-family layers (running statistics used in eval, also Switchable Norm's BN branch, SPADE's
   param-free BN, IN with running stats): the running variance, the folded scale
   ``s = |gamma| / sqrt(var + eps)`` and shift ``t = beta - mean s`` that export folds into the
-  neighbouring conv, against 65504, and ``var + eps`` against float16's smallest normal
+  neighbouring conv (a verdict for the layers export folds; a note for SN / SPADE, whose custom
+  op reads the running statistics), against 65504, and ``var + eps`` against float16's smallest normal
   6.1e-5 (below it sqrt(var + eps) is subnormal in float16: precision lost, noted);
   for every BN-family layer also the variance of the data actually reaching it;
 - the layer run with float16 storage, float32 arithmetic (its input, parameters and buffers
@@ -68,6 +69,11 @@ def _bn_stats(m: nn.Module):
     w = w if isinstance(w, torch.Tensor) and w.dim() == 1 and w.numel() == rm.numel() else None
     b = b if isinstance(b, torch.Tensor) and b.dim() == 1 and b.numel() == rm.numel() else None
     return rm, rv, float(src.eps), w, b
+
+
+#: registry entries whose export stores BN's folded per-channel scale / shift
+_FOLDED = frozenset({"batchnorm", "syncbatchnorm", "batch_renorm", "cmbn", "cross_iteration_bn",
+                     "conditional_bn", "conditional_bn_embedding", "instancenorm"})
 
 
 def _grouped(x: torch.Tensor, reduce_dims) -> tuple[float, float]:
@@ -352,7 +358,7 @@ class _Auditor:
                               f"kernel needs float32 accumulation (normexport's and ORT's have it)")
         bn = _bn_stats(self.module)
         if bn is not None:
-            self._audit_bn(bn, a64)
+            self._audit_bn(bn, a64, folded=self.spec_name in _FOLDED)
         m64, m16 = self.copies()
         try:
             y64 = m64(*a64, **_cast(kwargs, lambda t: t.detach().to(torch.float64)))
@@ -368,8 +374,13 @@ class _Auditor:
         if err > FP16_RTOL:
             _add(r.reasons, f"float16 run error {err:.3g} > {FP16_RTOL:g} (relative, per channel)")
 
-    def _audit_bn(self, bn, a64):
+    def _audit_bn(self, bn, a64, folded: bool):
+        """``folded``: export turns the layer into the per-channel scale / shift (BN family,
+        conditional BN's BN part, IN with running statistics), so they are stored tensors and
+        an overflow is a verdict; otherwise (Switchable Norm's BN branch, SPADE's BN: inside a
+        custom op that reads the running statistics) a note."""
         r = self.row
+        verdict = r.reasons if folded else r.notes
         rm, rv, eps, w, b = (t.detach().to(torch.float64).cpu() if isinstance(t, torch.Tensor) else t
                              for t in bn)
         rv_max = float(rv.max()) if rv.numel() else 0.0
@@ -393,12 +404,12 @@ class _Auditor:
         r.shift_max = float(t.abs().max()) if t.numel() else None
         if s.numel() and float(s.max()) > FP16_MAX:
             c = int(s.argmax())
-            _add(r.reasons, f"folded scale gamma/sqrt(var+eps) {float(s[c]):.4g} (channel {c}: var "
+            _add(verdict, f"folded scale gamma/sqrt(var+eps) {float(s[c]):.4g} (channel {c}: var "
                             f"{float(rv[c]):.3g}, gamma {float(w[c]) if w is not None else 1.0:.4g}) "
                             f"beyond float16 range")
         if t.numel() and float(t.abs().max()) > FP16_MAX:
             c = int(t.abs().argmax())
-            _add(r.reasons, f"folded shift beta - mean*scale {float(t[c]):.4g} (channel {c}) beyond "
+            _add(verdict, f"folded shift beta - mean*scale {float(t[c]):.4g} (channel {c}) beyond "
                             f"float16 range")
         if ve.numel() and float(ve.min()) < FP16_TINY:
             c = int(ve.argmin())

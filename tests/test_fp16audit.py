@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from normexport import cli
+from normexport import cli, registry
 from normexport.calibrate import recalibrate
 from normexport.fp16audit import FP16_MAX, fp16_audit
 from normexport.graphs import GRAPHS
@@ -27,6 +27,27 @@ def test_clean_graphs_pass(name):
     assert report.rows and all(r.calls >= 1 and r.fp16_error is not None for r in report.rows)
     assert all(r.fp16_error < 1e-2 for r in report.rows)
     json.dumps(report.to_dict())
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_every_registry_layer(name):
+    spec = registry.REGISTRY[name]
+    gen = torch.Generator().manual_seed(0)
+    layer = spec.example(4, gen).eval()
+    inputs = spec.inputs(layer, 3, gen)
+    report = fp16_audit(layer, inputs)
+    row = report.rows[0]
+    assert report.ok and row.calls == 1 and row.fp16_error < 1e-2, report.format()
+    x = inputs[0].double()
+    assert row.input_absmax == pytest.approx(max(float(t.double().abs().max()) for t in inputs
+                                                 if t.is_floating_point()), rel=1e-9)
+    if name == "lrn":                             # the channel window of torch's LRN
+        n, c = layer.size, x.shape[1]
+        sq = x.square()
+        win = max(float(sq[:, max(0, i - n // 2):i + (n - 1) // 2 + 1].sum(1).max()) for i in range(c))
+        assert row.sumsq_max == pytest.approx(win, rel=1e-9)
+    if name == "pono":
+        assert row.stat_max == pytest.approx(float(x.var(1, correction=0).max()), rel=1e-9)
 
 
 @pytest.fixture(scope="module")
