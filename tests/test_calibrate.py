@@ -194,6 +194,30 @@ def test_gap_flags_planted_stale_mean_and_recalibrate_fixes_it(resnet):
     json.dumps(gap.to_dict())
 
 
+def test_one_pass_mode_leaves_downstream_gap(resnet):
+    """Why sequential is the default: one pass measures the layers after a stale one on the
+    inputs the stale one produced; they stay off until a second recalibration."""
+    model, data = resnet
+    proper = copy.deepcopy(model)
+    recalibrate(proper, data)
+    planted = copy.deepcopy(proper)
+    bn = planted.get_submodule(PLANTED)
+    with torch.no_grad():
+        bn.running_mean[3] += 3 * (bn.running_var[3] + bn.eps).sqrt()
+    one = recalibrate(planted, data, sequential=False)
+    assert one.passes == 2 and one.mode == "one-pass eval"
+    assert one.after.row(PLANTED).mean_gap_max < 1e-5          # its own input was right
+    downstream = [r for r in one.after.rows if r.path != PLANTED and r.mean_gap_max > 1e-3]
+    assert downstream and all(names_after(one, r.path) for r in downstream)
+    again = recalibrate(planted, data)
+    assert max(r.mean_gap_max for r in again.after.rows) < 1e-5
+
+
+def names_after(report, path):
+    paths = [r.path for r in report.rows]
+    return paths.index(path) > paths.index(PLANTED)
+
+
 def test_gap_report_fields(resnet):
     model, data = resnet
     gap = train_infer_gap(model, data)
@@ -276,6 +300,8 @@ def test_every_registry_bn_family_layer(name):
         if k in extra:
             assert torch.equal(v, extra[k]), k
     assert report.ok and report.rows[0].recalibrated
+    if name == "spade":                      # the SPADE module selects its parameter-free BN
+        assert recalibrate(layer, batches, modules=[layer]).rows[0].recalibrated
 
 
 def test_switchable_batch_average_is_biased_and_instance_norm_averages_instances():
@@ -337,6 +363,7 @@ def test_errors():
     assert gap.row("b").flagged and "not called" in gap.row("b").reason
     assert [r.path for r in gap.rows] == ["a", "b"]           # called first, then the unreached
     recalibrate(m, data, modules=["a"])      # the reachable one alone is fine
+    recalibrate(m, data, modules=[m.a])
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
