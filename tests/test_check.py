@@ -209,6 +209,8 @@ DEFECTS = {
                                   "blocks.1.ln1", _set_module_eps("blocks.1.ln1", 0.5)),
     "layernorm-standard-last": ("transformer_ln", lambda p: _set_eps(p, "ln", "LayerNormalization", 0.5),
                                 "ln", _set_module_eps("ln", 0.5)),
+    "batchnorm-standard-last": ("cbn_generator", lambda p: _set_eps(p, "bn", "BatchNormalization", 0.5),
+                                "bn", _set_module_eps("bn", 0.5)),
     "instancenorm-standard-user": ("user", lambda p: _set_eps(p, "inorm", "InstanceNormalization", 0.1),
                                    "inorm", _set_module_eps("inorm", 0.1)),
     "folded-conv-user": ("user", lambda p: _add_bias(p, "conv2", "Conv", 0.05, 1),
@@ -463,3 +465,24 @@ def test_subtle_defect_below_layer_bound_names_a_suspect(exported):
     proto = onnx.load(path)
     _set_eps(proto, "stages.1.1.norm1.0", "GroupNorm", 2e-5)
     assert check(model, x, proto)
+
+
+def test_unfolded_export_maps_the_bn(tmp_path):
+    """fold=False: torch's exporter fuses the Conv + BN pair itself, into one Conv scoped to the
+    BN module: check maps that Conv to the BN (no fold note needed) and skips the conv, whose
+    pre-BN output the file no longer holds; a bias defect there names the BN."""
+    model, example = _user_model()
+    path = tmp_path / "unfolded.onnx"
+    normexport.export(model, example, path, fold=False)
+    x = _fresh(example)
+    report = check(model, x, path, localize_layers=True)
+    assert report, report.format()
+    loc = report.results[0].localization
+    mapped = {r.module: r for r in loc.layers}
+    assert mapped["bn"].op_type == "Conv" and "conv2" not in mapped
+    proto = onnx.load(path)
+    _add_bias(proto, "bn", "Conv", 0.05, 1)
+    bad = check(model, x, proto)
+    assert not bad and bad.first_divergence().module == "bn", bad.format()
+    expected = _torch_layer_error(model, x, "bn", _add_module_bias("bn", 0.05, 1))
+    assert bad.first_divergence().rel_l2 == pytest.approx(expected, rel=0.02)
