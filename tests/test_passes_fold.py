@@ -428,6 +428,8 @@ def _torch_cases():
         return m
     return {
         "conv_bn": (torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), bn(6)), (2, 3, 8, 8)),
+        # no bias: the unoptimized dynamo graph computes a zero bias (Shape -> Expand -> CastLike)
+        "conv_nobias_bn": (torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, bias=False), bn(6)), (2, 3, 8, 8)),
         "convT_bn": (torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), bn(6)), (2, 4, 5, 5)),
         "linear_bn1d": (torch.nn.Sequential(torch.nn.Linear(5, 7), bn(7, 1)), (2, 5)),
         "bn_conv": (torch.nn.Sequential(bn(3), torch.nn.Conv2d(3, 6, 3)), (2, 3, 8, 8)),
@@ -468,4 +470,20 @@ def test_torch_exported_graphs_are_folded(name, dynamo):
     got = _run_ort(new, {proto.graph.input[0].name: xs.numpy()})[0]
     print(f"{name} {'dynamo' if dynamo else 'torchscript'}: max abs err vs torch float64 "
           f"{np.abs(got - expected).max():.3g} (max |y| {np.abs(expected).max():.3g})")
+    assert_normwise(got, expected, 1e-5, 1e-6)
+
+
+def test_resnet18_bn_torchscript_export_is_folded():
+    """normexport.graphs' ResNet-18 layout with BN (conv without bias everywhere), exported by
+    torch's TorchScript path without constant folding: all 20 BNs fold (after their convs)."""
+    from normexport.graphs import GRAPHS
+    model, (x,) = GRAPHS["resnet18_bn"]()
+    proto = _torch_export(model.eval(), x, dynamo=False)
+    assert _ops(proto).count("BatchNormalization") == 20
+    new, report = rewrite(proto)
+    assert report.ok and report.counts()["fold-bn-after"] == 20 and "BatchNormalization" not in _ops(new)
+    with torch.no_grad():
+        expected = model.double()(x.double()).numpy()
+    model.float()
+    got = _run_ort(new, {proto.graph.input[0].name: x.numpy()})[0]
     assert_normwise(got, expected, 1e-5, 1e-6)

@@ -63,20 +63,50 @@ def _label(node: gs.Node) -> str:
     return f"{node.op} '{node.name}'" if node.name else node.op
 
 
-def _const(ctx: Context, t: gs.Tensor | None) -> np.ndarray | None:
-    """``ctx.const`` that also looks through Identity nodes (the TorchScript exporter puts
-    Identity on shared initializers)."""
-    seen = 0
-    while t is not None and seen < 8:
-        v = ctx.const(t)
-        if v is not None:
-            return v
-        p = ctx.producer(t)
-        if p is None or p.op != "Identity" or p.domain not in _DEFAULT or ctx.is_graph_input(t):
+#: ops whose output is a constant when their inputs are (exporters without constant folding
+#: compute a missing conv bias as Expand(0, shape), a weight through Cast / Reshape ...)
+_CONST_OPS = frozenset({"Identity", "Expand", "Reshape", "Cast", "Unsqueeze", "Squeeze", "Transpose",
+                        "Concat", "Flatten", "Mul", "Add", "Sub", "Div", "Neg", "Sqrt", "Reciprocal",
+                        "ConstantOfShape", "Shape", "Gather", "Slice"})
+_CONST_MAX_ELEMENTS = 1 << 26
+
+
+def _const(ctx: Context, t: gs.Tensor | None, depth: int = 0) -> np.ndarray | None:
+    """``ctx.const``, or the value of a small subgraph of ``_CONST_OPS`` over constants,
+    evaluated with ONNX's reference implementation of each op (never a graph input)."""
+    if t is None:
+        return None
+    v = ctx.const(t)
+    if v is not None or depth >= 8 or ctx.is_graph_input(t):
+        return v
+    p = ctx.producer(t)
+    if p is None or p.domain not in _DEFAULT or len(p.outputs) != 1:
+        return None
+    if p.op == "CastLike" and len(p.inputs) == 2:   # only the type of the second input counts
+        v, like = _const(ctx, p.inputs[0], depth + 1), ctx.dtype(p.inputs[1])
+        return None if v is None or like is None else v.astype(like)
+    if p.op not in _CONST_OPS:
+        return None
+    feeds = {}
+    for i in p.inputs:
+        if isinstance(i, gs.Variable) and not i.name:
+            continue   # an absent optional input
+        iv = _const(ctx, i, depth + 1)
+        if iv is None:
             return None
-        t = p.inputs[0] if p.inputs else None
-        seen += 1
-    return None
+        feeds[i.name] = iv
+    try:
+        import onnx
+        from onnx import numpy_helper
+        from onnx.reference import ReferenceEvaluator
+        attrs = {k: (numpy_helper.from_array(np.asarray(a.values)) if isinstance(a, gs.Constant) else a)
+                 for k, a in p.attrs.items()}
+        node = onnx.helper.make_node(p.op, [i.name for i in p.inputs], ["out"], **attrs)
+        (out,) = ReferenceEvaluator(node).run(None, feeds)
+    except Exception:   # anything unusual: treat as not constant
+        return None
+    out = np.asarray(out)
+    return out if out.size <= _CONST_MAX_ELEMENTS else None
 
 
 def _not_const_reason(ctx: Context, owner: gs.Node, what: str, t: gs.Tensor | None) -> str:
