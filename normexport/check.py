@@ -103,8 +103,8 @@ class Localization:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"first_divergence": self.first.to_dict() if self.first else None,
-                "suspect": self.suspect.to_dict() if self.suspect else None,
+        return {"first_divergence": self.first.to_dict() if self.first is not None else None,
+                "suspect": self.suspect.to_dict() if self.suspect is not None else None,
                 "layers": [r.to_dict() for r in self.layers],
                 "skipped": [{"module": m, "reason": r} for m, r in self.skipped],
                 "error": self.error}
@@ -129,8 +129,8 @@ class ProviderResult:
     def to_dict(self) -> dict:
         return {"provider": self.provider, "dtype": self.dtype, "passed": self.ok,
                 "error": self.error, "seconds": round(self.seconds, 3),
-                "outputs": [o.to_dict() for o in self.comparison.outputs] if self.comparison else [],
-                "localization": self.localization.to_dict() if self.localization else None}
+                "outputs": [o.to_dict() for o in self.comparison.outputs] if self.comparison is not None else [],
+                "localization": self.localization.to_dict() if self.localization is not None else None}
 
 
 @dataclass
@@ -736,8 +736,9 @@ def check(model, args, onnx_path: str | os.PathLike | onnx.ModelProto, *,
     providers: EP names or "cpu" / "cuda" (default CPU); an unavailable one raises CheckError.
     dtypes: "float32" (the graph as it is) and/or "float16" (ORT on a float16 conversion of
         the graph, against the same torch reference, with float16 tolerances).
-    rtol / atol: override both numbers of the NORMS.md default of each dtype; ``tolerance``: a
-        Tolerance or a per-output-name mapping of them (wins over rtol/atol).
+    rtol / atol: override either number of the NORMS.md default of each dtype; ``tolerance``: a
+        Tolerance for every output (wins over rtol/atol), or {output name: Tolerance} for
+        some (the others: rtol/atol or the default).
     localize_layers: "auto" (on failure), True (always: every layer's error, for the plot),
         False (never).
     layer_rtol: normwise bound of an intermediate layer (default LAYER_TOLERANCES per dtype).
@@ -807,8 +808,11 @@ def check(model, args, onnx_path: str | os.PathLike | onnx.ModelProto, *,
 
     for dtype in dtypes:
         default = DEFAULT_TOLERANCES[dtype]
-        tol = tolerance if tolerance is not None else Tolerance(
-            rtol=default.rtol if rtol is None else rtol, atol=default.atol if atol is None else atol)
+        base = Tolerance(rtol=default.rtol if rtol is None else rtol, atol=default.atol if atol is None else atol)
+        if isinstance(tolerance, Mapping):   # named outputs; the others: rtol/atol or the default
+            tol = {n: tolerance.get(n, base) for n in out_names}
+        else:
+            tol = tolerance if tolerance is not None else base
         lrt = (layer_rtol.get(dtype, LAYER_TOLERANCES[dtype]) if isinstance(layer_rtol, Mapping)
                else layer_rtol if layer_rtol is not None else LAYER_TOLERANCES[dtype])
         graph = to_float16(proto) if dtype == "float16" else proto

@@ -54,6 +54,8 @@ def add_parser(sub) -> None:
                    "(and the fp16 audit section when normexport.fp16audit is installed)")
     s.add_argument("--rtol", type=float, default=None, help="output rtol (default: NORMS.md per dtype)")
     s.add_argument("--atol", type=float, default=None, help="output atol (default: NORMS.md per dtype)")
+    s.add_argument("--output-tol", action="append", default=[], metavar="NAME=RTOL,ATOL",
+                   help="tolerance of one graph output (repeatable; others: --rtol/--atol or NORMS.md)")
     s.add_argument("--layer-rtol", type=float, default=None,
                    help="normwise bound of an intermediate layer (default 1e-4 float32, 2e-2 float16)")
     s.add_argument("--reference", choices=("float32", "float64"), default="float32",
@@ -130,6 +132,29 @@ def extra_sections(args, model, inputs) -> tuple[dict, list[str]]:
     return sections, notes
 
 
+def _output_tolerances(args, onnx_path):
+    """--output-tol NAME=RTOL,ATOL ... -> {name: Tolerance} (the outputs not named: --rtol /
+    --atol or the NORMS.md default of each dtype); None when not given."""
+    if not args.output_tol:
+        return None
+    import onnx
+
+    from .spec import Tolerance
+    outputs = [o.name for o in onnx.load(onnx_path, load_external_data=False).graph.output]
+    given = {}
+    for text in args.output_tol:
+        name, sep, nums = text.partition("=")
+        try:
+            rtol, atol = (float(v) for v in nums.split(","))
+        except ValueError:
+            raise UsageError(f"--output-tol {text!r}: expected NAME=RTOL,ATOL, e.g. logits=1e-4,1e-5") from None
+        if not sep or name not in outputs:
+            raise UsageError(f"--output-tol {text!r}: the model's outputs are {', '.join(outputs)}")
+        given[name] = Tolerance(rtol, atol)
+
+    return given
+
+
 def _run(args) -> int:
     import onnx
 
@@ -158,10 +183,11 @@ def _run(args) -> int:
         stage("report sections" + (" (train/infer gap)" if args.calib else "")
               + (" (fp16 audit)" if args.fp16 else ""))
         sections, notes = extra_sections(args, model, tensors)
+    tolerance = _output_tolerances(args, onnx_path)
     stage(f"checking on {', '.join(providers)}")
     report = check(model, inputs, onnx_path, providers=providers,
                    dtypes=("float32", "float16") if args.fp16 else ("float32",),
-                   rtol=args.rtol, atol=args.atol, layer_rtol=args.layer_rtol,
+                   rtol=args.rtol, atol=args.atol, tolerance=tolerance, layer_rtol=args.layer_rtol,
                    localize_layers=True if (args.layers or args.report) else "auto",
                    reference=args.reference, use_library=not args.no_library, sections=sections,
                    input_source=None if isinstance(inputs, str) else f"seeded random, seed {args.seed}")

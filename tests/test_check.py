@@ -361,6 +361,8 @@ def test_cli_fail_names_layer_and_writes_report(userpkg, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert doc["passed"] is False
+    (o,) = doc["results"][0]["outputs"]
+    assert o["passed"] is False and o["n_bad"] > 0 and o["max_abs"] > 1e-3
     assert doc["results"][0]["localization"]["first_divergence"]["module"] == "1"
     assert "FIRST DIVERGENCE" in (tmp_path / "rep" / "report.txt").read_text()
 
@@ -486,3 +488,22 @@ def test_unfolded_export_maps_the_bn(tmp_path):
     assert not bad and bad.first_divergence().module == "bn", bad.format()
     expected = _torch_layer_error(model, x, "bn", _add_module_bias("bn", 0.05, 1))
     assert bad.first_divergence().rel_l2 == pytest.approx(expected, rel=0.02)
+
+
+def test_cli_per_output_tolerance(userpkg, tmp_path, capsys):
+    """--output-tol NAME=RTOL,ATOL sets one output's bound: a defect of ~5% passes a 50% bound
+    and fails the default one; an unknown output name is a usage error naming the outputs."""
+    proto = onnx.load(userpkg)
+    _set_eps(proto, "1", "GroupNorm", 0.5)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, bad)
+    out = proto.graph.output[0].name
+    assert cli.main(["check", "chkpkg.models:build", str(bad), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    o = doc["results"][0]["outputs"][0]
+    assert 1e-3 < o["max_rel"] or o["max_abs"] > 1e-3
+    assert cli.main(["check", "chkpkg.models:build", str(bad), "--json", "--output-tol", f"{out}=0.5,0.5"]) == 0
+    o = json.loads(capsys.readouterr().out)["results"][0]["outputs"][0]
+    assert o["rtol"] == 0.5 and o["atol"] == 0.5 and o["passed"]
+    assert cli.main(["check", "chkpkg.models:build", str(bad), "--output-tol", "nope=1,1"]) == 2
+    assert f"the model's outputs are {out}" in capsys.readouterr().err
