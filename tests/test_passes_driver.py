@@ -322,3 +322,23 @@ def test_console_entry_point(tmp_path, model_file):
                         "--no-verify"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "verification: off" in r.stdout
+
+
+class ReluToMissingOp(Rule):
+    """Test-only: a rewrite ORT cannot run (an op no one defines)."""
+    name = "unrunnable"
+    anchors = ("Relu",)
+
+    def match(self, ctx, node):
+        return Match([node])
+
+    def rewrite(self, ctx, m):
+        (n,) = m.nodes
+        return [ctx.node("NoSuchOp", [n.inputs[0]], list(n.outputs), domain="test.domain", origin=n)]
+
+
+def test_rewritten_graph_that_does_not_run_fails_cleanly(model):
+    new, report = rewrite(model, [ReluToMissingOp()])
+    assert not report.ok and new is model and report.failed_rule == "unrunnable"
+    assert "does not run" in report.error or "fails onnx.checker" in report.error
+    json.dumps(report.to_dict(), allow_nan=False)

@@ -487,3 +487,22 @@ def test_resnet18_bn_torchscript_export_is_folded():
     model.float()
     got = _run_ort(new, {proto.graph.input[0].name: x.numpy()})[0]
     assert_normwise(got, expected, 1e-5, 1e-6)
+
+
+def test_shared_weight_is_copied_not_changed(rng):
+    """Two convs share one weight initializer; only the one with a BN after it folds, into a
+    new weight: the other conv still reads the original values."""
+    m = conv_bn(rng)
+    g = m.graph
+    g.node.append(h.make_node("Conv", ["x", "W"], ["other"], name="other_conv", pads=[1, 1, 1, 1]))
+    g.output.append(h.make_tensor_value_info("other", TP.FLOAT, [None] * 4))
+    new, report = rewrite(m)
+    assert report.ok and report.counts()["fold-bn-after"] == 1
+    other = next(n for n in new.graph.node if n.name == "other_conv")
+    assert other.input[1] == "W"
+    w = {i.name: nh.to_array(i) for i in new.graph.initializer}
+    np.testing.assert_array_equal(w["W"], next(nh.to_array(i) for i in m.graph.initializer if i.name == "W"))
+    feeds = passes.verify.make_feeds(m)
+    ref = np_eval(m, feeds)
+    for got, exp in zip(_run_ort(new, feeds), ref):
+        assert_normwise(got, exp, 2e-5)

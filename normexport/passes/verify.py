@@ -192,8 +192,9 @@ class OutputCheck:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "max_abs": self.max_abs, "max_expected": self.max_expected,
-                "bound": self.bound, "rtol": self.rtol, "atol": self.atol, "passed": self.passed,
+        fin = lambda v: float(v) if np.isfinite(v) else None   # strict JSON has no inf / NaN
+        return {"name": self.name, "max_abs": fin(self.max_abs), "max_expected": fin(self.max_expected),
+                "bound": fin(self.bound), "rtol": self.rtol, "atol": self.atol, "passed": self.passed,
                 "error": self.error}
 
 
