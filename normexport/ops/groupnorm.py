@@ -1,23 +1,28 @@
 """``normexport::GroupNorm``: the exported form of Group Normalization (torch ``nn.GroupNorm``).
 
 Contract (domain ``normexport``, version 1):
-  inputs   X (N, C, *spatial), rank >= 2 (rank 2: one value per channel); scale, bias: C
-           elements each (a layer without affine passes ones / zeros); all of type T in
-           {float, float16}
+  inputs   X (N, C, *spatial), rank >= 2 (rank 2: one value per channel), or with
+           channels_last=1 X (N, *spatial, C) (C the LAST dim); scale, bias: C elements each (a
+           layer without affine passes ones / zeros); all of type T in {float, float16} (CPU
+           kernel: also double)
   attrs    num_groups: int (required; C % num_groups == 0), epsilon: float = 1e-5,
            activation: int = 0, a fused activation applied after the affine:
            0 none, 1 ReLU, 2 SiLU (y * sigmoid(y)); the function body implements all three
            (an int, not a string: comparing strings in a body needs opset 19, the bodies
            target 18). Exported layers use 0 (nn.GroupNorm has no activation); fusing a
            following ReLU/SiLU into the node is left to a graph pass.
-  output   Y, shape and type of X
+           channels_last: int = 0 (0 or 1; anything else is an error): the layout of X and Y.
+           Exported layers (channels first) use 0.
+  output   Y, shape, layout and type of X
   math     per sample n and group g of C/num_groups consecutive channels:
              mu, var = mean and biased variance of X[n, group g, ...]
              Y[n, c] = act(scale[c] * (X[n, c] - mu) / sqrt(var + epsilon) + bias[c])
 Unlike ONNX GroupNormalization-18 (scale/bias per group), scale and bias are per channel (as
-torch and GroupNormalization-21). The function body computes in float64 and casts back to T;
-a channel count that num_groups does not divide, or a scale/bias of another length, fails a
-Reshape in the body (no silent broadcast).
+torch and GroupNormalization-21). The function body computes in float64 and casts back to T,
+for any rank and either layout (X viewed as (N, A, G, C/G, B): channels first A = 1, B =
+prod(spatial); channels last A = prod(spatial), B = 1; statistics over axes 1, 3, 4); a
+channel count that num_groups does not divide, a scale/bias of another length, or a
+channels_last other than 0/1 fails a Reshape in the body (no silent broadcast).
 """
 
 from __future__ import annotations
@@ -73,26 +78,50 @@ def gn_call(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.normexport.group_norm(x, scale, bias, module.num_groups, float(module.eps), 0)
 
 
+def channel_layout(f: FunctionBody, x: str) -> tuple[str, str, str, str, str]:
+    """(shape, N, C, A, B) of ``x`` for the function's ``channels_last`` attribute, all 1-element
+    int64 tensors but the shape: ``x`` reshapes to (N, A, C, B) for any rank >= 2 and either
+    layout, channels first (N, 1, C, prod(spatial)) or channels last (N, prod(spatial), C, 1).
+    N is multiplied by 0 when channels_last is neither 0 nor 1, so the Reshape fails (unless
+    X is empty)."""
+    shp = f.op("Shape", x)
+    cl = f.reshape(f.attr_const("channels_last", "int"), f.const_i64([1]))
+    last = f.op("Equal", cl, f.const_i64([1]))
+    valid = f.op("Cast", f.op("Or", last, f.op("Equal", cl, f.const_i64([0]))), to=onnx.TensorProto.INT64)
+    n = f.op("Mul", f.op("Slice", shp, f.const_i64([0]), f.const_i64([1])), valid)
+    c = f.op("Where", last, f.op("Slice", shp, f.const_i64([-1]), f.const_i64([2**62])),
+             f.op("Slice", shp, f.const_i64([1]), f.const_i64([2])))
+    s = f.op("Where", last,
+             f.op("ReduceProd", f.op("Slice", shp, f.const_i64([1]), f.const_i64([-1])), keepdims=1),
+             f.op("ReduceProd", f.op("Slice", shp, f.const_i64([2]), f.const_i64([2**62])), keepdims=1))
+    one = f.const_i64([1])
+    return shp, n, c, f.op("Where", last, s, one), f.op("Where", last, one, s)
+
+
 def gn_function(opset: int) -> onnx.FunctionProto:
     f = FunctionBody(OP_TYPE)
-    shp, n, c, s = f.split_shape("X")
+    shp, n, c, a, b = channel_layout(f, "X")
     g = f.reshape(f.attr_const("num_groups", "int"), f.const_i64([1]))
-    # (N, G, C/G, S): with C % G != 0 (or G <= 0) the element count differs and the Reshape
+    # (N, A, G, C/G, B): with C % G != 0 (or G <= 0) the element count differs and the Reshape
     # fails (the divisor is max(G, 1): an integer division by 0 would crash, not fail)
     per_group = f.op("Div", c, f.op("Max", g, f.const_i64([1])))
-    x4 = f.reshape(f.double("X"), f.op("Concat", n, g, per_group, s, axis=0))
-    axes = f.const_i64([2, 3])
-    d = f.op("Sub", x4, f.op("ReduceMean", x4, axes, keepdims=1))
+    x5 = f.reshape(f.double("X"), f.op("Concat", n, a, g, per_group, b, axis=0))
+    axes = f.const_i64([1, 3, 4])
+    d = f.op("Sub", x5, f.op("ReduceMean", x5, axes, keepdims=1))
     var = f.op("ReduceMean", f.op("Mul", d, d), axes, keepdims=1)
     eps = f.op("Cast", f.attr_const("epsilon", "float"), to=onnx.TensorProto.DOUBLE)
-    xh = f.reshape(f.op("Div", d, f.op("Sqrt", f.op("Add", var, eps))), f.op("Concat", n, c, s, axis=0))
-    y = f.op("Add", f.op("Mul", xh, f.per_channel("scale", c)), f.per_channel("bias", c))
+    xh = f.op("Div", d, f.op("Sqrt", f.op("Add", var, eps)))
+
+    def per_channel(name):  # (G, C/G, 1); a length other than C fails the Reshape
+        return f.reshape(f.double(name), f.op("Concat", g, per_group, f.const_i64([1]), axis=0))
+
+    y = f.op("Add", f.op("Mul", xh, per_channel("scale")), per_channel("bias"))
     act = f.attr_const("activation", "int")
     silu = f.op("Mul", y, f.op("Sigmoid", y))
     y = f.op("Where", f.op("Equal", act, f.const_i64([1])), f.op("Relu", y),
              f.op("Where", f.op("Equal", act, f.const_i64([2])), silu, y))
     f.op("CastLike", f.reshape(y, shp), "X", out="Y")
-    return f.build(["X", "scale", "bias"], ["Y"], opset, {"epsilon": 1e-5, "activation": 0},
+    return f.build(["X", "scale", "bias"], ["Y"], opset, {"epsilon": 1e-5, "activation": 0, "channels_last": 0},
                    doc=__doc__, required=["num_groups"])
 
 

@@ -17,5 +17,11 @@ template <typename T>
 int LaunchFilterResponseNorm(void* stream, const T* x, T* y, const T* gamma, const T* beta, const T* tau,
                              int64_t num_planes, int64_t channels, int64_t plane_size, float eps, bool tlu) noexcept;
 
+// Channels last (frn_nhwc_cuda.cu): X, Y hold batch * plane_size * channels contiguous
+// elements, (N, plane_size, C); gamma, beta, tau as above.
+template <typename T>
+int LaunchFilterResponseNormNhwc(void* stream, const T* x, T* y, const T* gamma, const T* beta, const T* tau,
+                                 int64_t batch, int64_t channels, int64_t plane_size, float eps, bool tlu) noexcept;
+
 }  // namespace frn
 }  // namespace normexport

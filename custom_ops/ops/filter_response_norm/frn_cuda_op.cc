@@ -1,5 +1,6 @@
 // CUDA execution-provider wrapper of normexport::FilterResponseNorm (plain
-// C++, no CUDA headers). Compiled to nothing unless NORMEXPORT_WITH_CUDA.
+// C++, no CUDA headers), both layouts: channels first (frn_cuda.cu) and channels last
+// (frn_nhwc_cuda.cu). Compiled to nothing unless NORMEXPORT_WITH_CUDA.
 #ifdef NORMEXPORT_WITH_CUDA
 
 #include "filter_response_norm/frn_cuda.h"
@@ -16,14 +17,20 @@ OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext
     if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
     if (p.num_elements == 0) return nullptr;
     void* stream = kc.GetGPUComputeStream();
-    const int err = LaunchFilterResponseNorm<T>(stream, static_cast<const T*>(p.x), static_cast<T*>(p.y),
-                                                static_cast<const T*>(p.gamma), static_cast<const T*>(p.beta),
-                                                static_cast<const T*>(p.tau), p.num_planes, p.C, p.plane_size,
-                                                a.eps, a.tlu);
+    const T* x = static_cast<const T*>(p.x);
+    T* y = static_cast<T*>(p.y);
+    const T* gamma = static_cast<const T*>(p.gamma);
+    const T* beta = static_cast<const T*>(p.beta);
+    const T* tau = static_cast<const T*>(p.tau);
+    const int err = p.channels_last
+                        ? LaunchFilterResponseNormNhwc<T>(stream, x, y, gamma, beta, tau, p.N, p.C, p.plane_size,
+                                                          a.eps, a.tlu)
+                        : LaunchFilterResponseNorm<T>(stream, x, y, gamma, beta, tau, p.num_planes, p.C,
+                                                      p.plane_size, a.eps, a.tlu);
     if (err != 0) {
       return CudaErrorStatus(node, err,
                              StrCat("CUDA kernel launch failed (", OnnxType<T>::name, ", X shape ",
-                                    ShapeToString(p.x_shape), ")"));
+                                    ShapeToString(p.x_shape), p.channels_last ? ", channels_last" : "", ")"));
     }
     return nullptr;
   });

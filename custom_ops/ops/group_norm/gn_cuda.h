@@ -16,5 +16,11 @@ template <typename T>
 int LaunchGroupNorm(void* stream, const T* x, T* y, const T* scale, const T* bias, int64_t batch, int64_t channels,
                     int64_t spatial, int64_t num_groups, float eps, int activation) noexcept;
 
+// Channels last (gn_nhwc_cuda.cu): X, Y hold N * spatial * C contiguous elements, (N, spatial,
+// C); scale, bias: C elements. Same arguments and result otherwise.
+template <typename T>
+int LaunchGroupNormNhwc(void* stream, const T* x, T* y, const T* scale, const T* bias, int64_t batch,
+                        int64_t channels, int64_t spatial, int64_t num_groups, float eps, int activation) noexcept;
+
 }  // namespace gn
 }  // namespace normexport
