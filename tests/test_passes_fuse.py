@@ -235,6 +235,38 @@ def test_torch_export_fused(library, kind, dynamo, opset):
         assert_close(y, ref, f"{kind} {'dynamo' if dynamo else 'torchscript'} opset {opset} {path}")
 
 
+def export_dynamic_batch(module, args, dynamo: bool) -> onnx.ModelProto:
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if dynamo:
+            batch = torch.export.Dim("batch")
+            return torch.onnx.export(module, args, dynamo=True, opset_version=18, verbose=False,
+                                     dynamic_shapes=tuple({0: batch} for _ in args)).model_proto
+        f = io.BytesIO()
+        names = [f"in{i}" for i in range(len(args))]
+        torch.onnx.export(module, args, f, dynamo=False, opset_version=18, input_names=names,
+                          dynamic_axes={n: {0: "N"} for n in names})
+        return onnx.load_from_string(f.getvalue())
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("kind", ["gn", "frn", "adain", "spade_batch"])
+def test_torch_export_dynamic_batch_fused(library, kind, dynamo):
+    """Exported with a symbolic batch (legacy: shapes computed from Shape(x) at run time),
+    fused, run at batch 3 (not the traced 2)."""
+    module, args, reference, op_type = make_case(kind)
+    model = export_dynamic_batch(module.eval(), args, dynamo)
+    out, run = fuse(model)
+    assert ops(out)[f"normexport::{op_type}"] == 1, reasons(run)
+    torch.manual_seed(11)
+    args3 = tuple(torch.cat([a, a[:1] * 0.5 + 0.1]) for a in args)
+    feeds = {i.name: a.numpy() for i, a in zip(model.graph.input, args3)}
+    ref = reference(*[a.numpy() for a in args3])
+    for path, y in run_both(out, feeds).items():
+        assert y.shape[0] == 3
+        assert_close(y, ref, f"{kind} {'dynamo' if dynamo else 'torchscript'} dynamic batch {path}")
+
+
 def test_kernel_path_served(library):
     """With the library the fused node runs on the native kernel, without it on the body."""
     module, args, _, _ = make_case("gn")

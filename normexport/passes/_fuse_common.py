@@ -242,10 +242,15 @@ def nomatch(reason: str) -> NoMatch:
 _CAST = {1: np.float32, 10: np.float16, 11: np.float64, 6: np.int32, 7: np.int64}
 
 
-def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int = 0) -> np.ndarray | None:
+def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int = 0, *,
+                symbolic: bool = False, shapes: dict | None = None) -> np.ndarray | None:
     """The value of ``t`` if it follows from constants and static shapes alone (the legacy
     exporter computes e.g. a spatial size as Cast(ReduceProd(Gather(Shape(v), 2)))); the nodes
-    evaluated are appended to ``visited``. None when it does not."""
+    evaluated are appended to ``visited``. None when it does not. ``symbolic``: shapes may hold
+    symbolic dims (strings, in object arrays), for shape arithmetic that only moves dims around
+    (Gather / Concat / Unsqueeze / Equal / Where: e.g. an Expand target built from Shape(x)).
+    ``shapes``: tensor name -> shape known to the caller (e.g. an (N, C, S) view whose S shape
+    inference could not derive)."""
     v = ctx.const(t)
     if v is not None:
         return np.asarray(v)
@@ -253,22 +258,27 @@ def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int =
     if p is None or depth > 12 or p.domain not in _DEFAULT:
         return None
     if p.op == "Shape":
-        s = static_shape(ctx, p.inputs[0])
-        if s is None or any(not isinstance(d, int) for d in s):
+        s = (shapes or {}).get(p.inputs[0].name) or static_shape(ctx, p.inputs[0])
+        if s is None or None in s or (not symbolic and any(not isinstance(d, int) for d in s) and not shapes):
             return None
         start, end = int(p.attrs.get("start", 0)), p.attrs.get("end")
         visited.append(p)
-        return np.array(s, dtype=np.int64)[start:None if end is None else int(end)]
+        arr = np.array(s, dtype=np.int64 if all(isinstance(d, int) for d in s) else object)
+        return arr[start:None if end is None else int(end)]
     vals = []
     for i in p.inputs:
         if is_empty(i):
             vals.append(None)
             continue
-        val = static_eval(ctx, i, visited, depth + 1)
+        val = static_eval(ctx, i, visited, depth + 1, symbolic=symbolic, shapes=shapes)
         if val is None:
             return None
         vals.append(val)
     a = vals[0] if vals else None
+    numeric = ("Cast", "ReduceProd", "Add", "Sub", "Mul", "Div", "ConstantOfShape")
+    if p.op in numeric and any(isinstance(v, np.ndarray) and v.dtype == object
+                               and any(isinstance(e, str) for e in v.reshape(-1)) for v in vals):
+        return None          # arithmetic on a symbolic dim: not static
     try:
         if p.op in ("Identity",):
             out = a
@@ -286,6 +296,17 @@ def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int =
             out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[p.op](a, vals[1])
         elif p.op == "Div":
             out = (a // vals[1]) if np.issubdtype(a.dtype, np.integer) else a / vals[1]
+        elif p.op == "Reshape":
+            out = np.reshape(a, [int(d) for d in vals[1].reshape(-1)])
+        elif p.op == "Equal":
+            out = np.array([x == y for x, y in zip(*np.broadcast_arrays(a, vals[1]))], dtype=bool).reshape(
+                np.broadcast_shapes(a.shape, vals[1].shape))
+        elif p.op == "Where":
+            out = np.where(a, vals[1], vals[2])
+        elif p.op == "ConstantOfShape":
+            fill = p.attrs.get("value")
+            fill = np.asarray(fill.values if isinstance(fill, gs.Constant) else (fill if fill is not None else np.zeros(1, np.float32)))
+            out = np.full([int(d) for d in a.reshape(-1)], fill.reshape(-1)[0], dtype=fill.dtype)
         elif p.op == "Concat":
             out = np.concatenate([np.atleast_1d(x) for x in vals], axis=int(p.attrs.get("axis", 0)))
         elif p.op == "Unsqueeze":
@@ -299,6 +320,11 @@ def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int =
     except Exception:
         return None
     visited.append(p)
+    if any(isinstance(v, np.ndarray) and v.dtype == object for v in vals):
+        if np.asarray(out).dtype != bool:
+            res = np.empty(np.shape(out), dtype=object)   # keep ints and symbols apart
+            res[...] = out
+            return res
     return np.asarray(out)
 
 

@@ -48,6 +48,12 @@ def _strip(ctx: Context, t: gs.Tensor, ref: tuple, nodes: list[gs.Node]) -> gs.T
     rank = len(ref)
     while is_op(ctx.producer(t), "Expand"):
         p = ctx.producer(t)
+        target = static_eval(ctx, p.inputs[1], [], symbolic=True)
+        if target is None:
+            if static_shape(ctx, p.outputs[0]) != ref or None in ref:
+                return f"the target of {nname(p)} is neither derivable nor the content's shape {ref}"
+        elif len(target) > rank or any(not (v == 1 or v == r) for v, r in zip(target[::-1], ref[::-1])):
+            return f"{nname(p)} expands to {list(target)}, beyond the content's shape {ref}"
         nodes.append(p)
         t = p.inputs[0]
     s = static_shape(ctx, t)
@@ -123,21 +129,18 @@ def _std_stat(ctx: Context, t: gs.Tensor, ref: tuple, nodes: list[gs.Node]):
         return f"{nname(add)} does not add a scalar constant epsilon"
     nodes += [sq, add]
     vnode = ctx.producer(var)
-    factor = 1.0
+    corr = None
     if is_op(vnode, "Div"):                      # Div(Mul(var_b, S), S - 1): torch's unbiased var
         mul = ctx.producer(vnode.inputs[0])
-        den = static_eval(ctx, vnode.inputs[1], nodes)
-        if not is_op(mul, "Mul") or den is None or den.size != 1:
-            return f"{nname(vnode)} is not var_b * S / (S - 1) with static S"
-        num = None
+        if not is_op(mul, "Mul"):
+            return f"{nname(vnode)} is not var_b * S / (S - 1)"
+        corr = (vnode, mul)
         for a, b in ((mul.inputs[0], mul.inputs[1]), (mul.inputs[1], mul.inputs[0])):
-            val = static_eval(ctx, b, nodes)
-            if val is not None and val.size == 1 and ctx.const(a) is None:
-                num, var = float(val.reshape(())), a
-        if num is None:
-            return (f"{nname(mul)}: the variance correction S / (S - 1) needs a static spatial size "
-                    f"(not known here)")
-        factor = num / float(den.reshape(()))
+            if is_op(ctx.producer(a), "ReduceMean"):
+                var = a
+                break
+        else:
+            return f"{nname(mul)} does not scale a ReduceMean (the biased variance)"
         nodes += [vnode, mul]
         vnode = ctx.producer(var)
     if not is_op(vnode, "ReduceMean"):
@@ -167,7 +170,20 @@ def _std_stat(ctx: Context, t: gs.Tensor, ref: tuple, nodes: list[gs.Node]):
     vs = _view_source(ctx, mnode, nodes)
     if isinstance(vs, str):
         return vs
-    src, _, s = vs
+    src, view, s = vs
+    factor = 1.0
+    if corr is not None:
+        div, mul = corr
+        known = {}
+        if s is not None and view is not src:    # the (N, C, S) view: S from the source's shape
+            vsh = static_shape(ctx, view)
+            known[view.name] = (vsh[0], vsh[1], s)
+        den = static_eval(ctx, div.inputs[1], nodes, shapes=known)
+        num = static_eval(ctx, other(mul, var), nodes, shapes=known)
+        if den is None or num is None or den.size != 1 or num.size != 1:
+            return (f"{nname(mul)} / {nname(div)}: the variance correction S / (S - 1) needs a static "
+                    f"spatial size (not known here)")
+        factor = float(num.reshape(())) / float(den.reshape(()))
     if factor == 1.0:
         return src, eps, 0, s
     if s is None:
@@ -210,10 +226,12 @@ class FuseAdaIN(Rule):
         ref = static_shape(ctx, content)
         if ref is None or len(ref) < 3:
             return NoMatch(f"content '{tname(content)}' has unknown rank or rank < 3")
+        # the four elementwise ops must not broadcast beyond the content: their other operands
+        # are per-(n, c) statistics (checked below, Expand targets included)
         for n in (sub, div, mul, node):
-            if static_shape(ctx, n.outputs[0]) != ref:
-                return NoMatch(f"{nname(n)}'s output shape {static_shape(ctx, n.outputs[0])} is not "
-                               f"the content's {ref}")
+            out = static_shape(ctx, n.outputs[0])
+            if out is not None and (len(out) != len(ref) or any(isinstance(o, int) and o != r for o, r in zip(out, ref))):
+                return NoMatch(f"{nname(n)}'s output shape {out} is not the content's {ref}")
         nodes: list[gs.Node] = [sub, div, mul, node]
         stats = {}
         for key, t, fn, what in (("mc", mc, _mean_stat, "content mean"), ("sc", sc, _std_stat, "content std"),

@@ -18,7 +18,10 @@ The scale / bias of the norm must be exactly ones / zeros (the param-free norm; 
 affine is not SPADE's), the running statistics constants, the ``1`` a scalar constant 1, and
 gamma_map / beta_map must have X's shape (the contract reshapes them to it, it does not
 broadcast); anything else is a NoMatch with the reason. The math is then the contract's
-term for term (the same ``epsilon``), no conversion.
+term for term (the same ``epsilon``), no conversion. A map whose batch dim shape inference
+leaves unknown (the legacy exporter with a dynamic batch computes the Resize sizes at run
+time) is accepted when all other dims match: the node reshapes the maps to X's shape and fails
+at run time on a batch mismatch instead of broadcasting.
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ class FuseSPADE(Rule):
             return NoMatch(f"{nname(out)} adds a constant, not a beta map")
         for what, t in (("gamma", gamma), ("beta", beta)):
             ts = static_shape(ctx, t)
-            if ts is None or ts != shp or any(d is None for d in ts):
+            if not _same_shape(ts, shp):
                 return NoMatch(f"the {what} map '{tname(t)}' has shape {ts}, not the shape {shp} of "
                                f"'{tname(x)}' (the op takes full-size maps, no broadcasting)")
             if ctx.dtype(t) != dt:
@@ -109,6 +112,20 @@ class FuseSPADE(Rule):
         ins = [m.x, m.gamma, m.beta, channel_const(ctx, "spade_running_mean", m.rm, m.dtype),
                channel_const(ctx, "spade_running_var", m.rv, m.dtype)]
         return emit(ctx, m, OP, ins, {"epsilon": float(m.eps), "mode": int(m.mode)})
+
+
+def _same_shape(map_shape, x_shape) -> bool:
+    """The map's shape is X's: equal static dims and symbols; the batch dim may be one that
+    shape inference left unknown (the legacy exporter's Resize sizes are computed at run time)."""
+    if map_shape is None or len(map_shape) != len(x_shape):
+        return False
+    for i, (m, x) in enumerate(zip(map_shape, x_shape)):
+        if m is not None and m == x:
+            continue
+        if i == 0 and not isinstance(m, int) and not isinstance(x, int) and (m is None or m.startswith("unk__")):
+            continue
+        return False
+    return True
 
 
 def _private(ctx: Context, t: gs.Tensor, user: gs.Node) -> str | None:
