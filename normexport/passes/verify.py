@@ -8,8 +8,9 @@ symbol also names some input's dim 0); any other symbolic dim needs ``input_shap
 integer inputs small non-negative integers (0..2: safe as indices and sizes), bool inputs
 random. Or the caller gives the feeds (``feeds=`` / ``--inputs feeds.npz``).
 
-Runs (:func:`verify`): the original once (ORT with the op library; if ORT cannot load or run
-it, ONNX's reference evaluator, and the comparison says so); the rewritten graph with the op
+Runs (:func:`verify`): the original once (ORT with the op library and its graph optimizations
+off, so that it runs as written: ORT would otherwise fuse Conv + BatchNormalization on its own;
+if ORT cannot load or run it, ONNX's reference evaluator, and the comparison says so); the rewritten graph with the op
 library and, when it holds ``normexport`` nodes, also without it (the nodes then run their ONNX
 function bodies): both must agree with the original.
 
@@ -229,11 +230,17 @@ def has_custom_nodes(model: onnx.ModelProto) -> bool:
     return any(n.domain == DOMAIN for n in model.graph.node)
 
 
-def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, use_library: bool = True
-              ) -> list[np.ndarray]:
-    """Outputs of ``model`` in ONNX Runtime (CPU)."""
+def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, use_library: bool = True,
+              optimize: bool = True) -> list[np.ndarray]:
+    """Outputs of ``model`` in ONNX Runtime (CPU). ``optimize=False``: ORT's graph optimizations
+    off (ORT would otherwise fuse Conv + BatchNormalization itself), so the graph runs as written."""
+    import onnxruntime as ort
+
     from ..runtime import session
-    sess = session(model, ["CPUExecutionProvider"], use_library=use_library)
+    so = ort.SessionOptions()
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = session(model, ["CPUExecutionProvider"], use_library=use_library, sess_options=so)
     return sess.run(None, dict(feeds))
 
 
@@ -241,7 +248,7 @@ def run_original(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tup
     """Outputs of the original graph and what computed them: ORT, else ONNX's reference
     evaluator; PassError when neither can."""
     try:
-        return run_model(model, feeds), "onnxruntime"
+        return run_model(model, feeds, optimize=False), "onnxruntime"
     except Exception as ort_err:
         try:
             from onnx.reference import ReferenceEvaluator
