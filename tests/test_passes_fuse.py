@@ -630,3 +630,62 @@ def test_rules_have_docs_and_names():
         assert r.name and r.summary and r.anchors
         assert type(r).__module__.split(".")[-1].startswith("fuse_")
         assert len(__import__(type(r).__module__, fromlist=["x"]).__doc__) > 400
+
+
+# ---- other ranks, float16, the driver ------------------------------------------------------------
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("shape,groups", [((4, 6), 3), ((2, 6, 7), 2), ((2, 6, 3, 4, 5), 3)],
+                         ids=["rank2", "rank3", "rank5"])
+def test_groupnorm_other_ranks_fused(library, shape, groups, dynamo):
+    torch.manual_seed(5)
+    m = torch.nn.GroupNorm(groups, 6).eval()
+    with torch.no_grad():
+        m.weight.normal_()
+        m.bias.normal_()
+    x = torch.randn(*shape) * 0.01 + 1.0     # variance ~ eps
+    model = export(m, (x,), dynamo, 18)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::GroupNorm": 1}), reasons(run)
+    ref = np_group_norm(x.numpy(), groups, m.weight.detach().double().numpy(), m.bias.detach().double().numpy(), m.eps)
+    for path, y in run_both(out, {model.graph.input[0].name: x.numpy()}).items():
+        assert_close(y, ref, f"gn rank {len(shape)} {'dynamo' if dynamo else 'torchscript'} {path}")
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("kind", ["gn", "frn"])
+def test_float16_exports_fused(library, kind, dynamo):
+    """A half model: the new per-channel constants are float16 like X; float16 tolerance."""
+    module, args, reference, op_type = make_case(kind)
+    module = module.eval().half()
+    args = tuple(a.half() for a in args)
+    model = export(module, args, dynamo, 18)
+    out, run = fuse(model)
+    assert ops(out)[f"normexport::{op_type}"] == 1, reasons(run)
+    consts = {i.name: i for i in out.graph.initializer}
+    node = next(n for n in out.graph.node if n.domain == "normexport")
+    assert all(consts[i].data_type == TensorProto.FLOAT16 for i in node.input[1:])
+    if kind == "frn":     # the half parameters, exactly as the graph holds them
+        ref = np_frn(args[0].numpy(), *(t.detach().double().numpy() for t in (module.gamma, module.beta, module.tau)),
+                     float(module.eps.float()))
+    else:
+        ref = np_group_norm(args[0].numpy(), 4, module.weight.detach().double().numpy(),
+                            module.bias.detach().double().numpy(), module.eps)
+    feeds = {model.graph.input[0].name: args[0].numpy()}
+    for path, y in run_both(out, feeds).items():
+        assert y.dtype == np.float16
+        assert_close(y, ref, f"{kind} float16 {'dynamo' if dynamo else 'torchscript'} {path}", normwise=2e-3)
+
+
+def test_driver_rewrite_fuses_and_explains(library):
+    """normexport.passes.rewrite (the driver behind `normexport fold`): all rules, verified
+    against the original, reasons collected for the anchors that did not match."""
+    from normexport.passes import rewrite
+    module, args, _, _ = make_case("spade_batch")
+    model = export(module, args, False, 18)
+    out, report = rewrite(model, explain=True)
+    assert report.ok, report.error
+    assert report.counts()["fuse-spade"] == 1
+    assert report.nodes_after.get("normexport::SPADE") == 1 and "BatchNormalization" not in report.nodes_after
+    assert report.verifications and all(report.verifications)
+    assert any(e.rule == "fuse-adain" and "does not add a mean to a Mul" in e.reason for e in report.explanations)
