@@ -84,6 +84,10 @@ def np_eval(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
             out = ins[0] * ins[1] if n.op_type == "Mul" else ins[0] + ins[1]
         elif n.op_type == "Identity":
             out = ins[0]
+        elif n.op_type == "Unsqueeze":      # opset < 13 form: axes attribute
+            out = ins[0]
+            for ax in sorted(a["axes"]):
+                out = np.expand_dims(out, ax)
         else:
             raise NotImplementedError(n.op_type)
         env[n.output[0]] = out
@@ -506,3 +510,32 @@ def test_shared_weight_is_copied_not_changed(rng):
     ref = np_eval(m, feeds)
     for got, exp in zip(_run_ort(new, feeds), ref):
         assert_normwise(got, exp, 2e-5)
+
+
+def test_constant_subgraphs_are_evaluated_in_the_models_opset(rng):
+    """A conv weight reached through Unsqueeze (opset 11: axes is an attribute) of an
+    initializer and a bias through Mul(constant, constant) fold; a bias computed from the
+    graph input (Shape(x) -> ...) is not a constant and is named as such."""
+    from normexport.passes.fold_bn import _const
+    w = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    inits = [nh.from_array(w, "W3"), nh.from_array(np.full(6, 0.5, np.float32), "half"),
+             nh.from_array(np.arange(6, dtype=np.float32), "ramp")] + _bn_inits(rng, "bn_", 6, np.float32)
+    nodes = [h.make_node("Unsqueeze", ["W3"], ["W"], axes=[3]),
+             h.make_node("Mul", ["half", "ramp"], ["b"]),
+             h.make_node("Conv", ["x", "W", "b"], ["h"], name="layer"), _bn("h", "y")]
+    m = _model(nodes, inits, ["N", 4, 5, 5], None, opset=11)
+    graph, ctx = import_graph(m)
+    np.testing.assert_array_equal(_const(ctx, graph.tensors()["W"]), w[..., None])
+    new, _ = check_fold(m, "fold-bn-after")
+    assert _ops(new) == ["Conv"]
+    # a "bias" that depends on the input's shape
+    nodes = [h.make_node("Shape", ["x"], ["sx"]),
+             h.make_node("Gather", ["sx", "one"], ["c"], axis=0),
+             h.make_node("Cast", ["c"], ["cf"], to=TP.FLOAT),
+             h.make_node("Mul", ["ramp", "cf"], ["b"]),
+             h.make_node("Conv", ["x", "W4", "b"], ["h"], name="layer"), _bn("h", "y")]
+    inits = [nh.from_array(w[..., None], "W4"), nh.from_array(np.array(1, np.int64), "one"),
+             nh.from_array(np.arange(6, dtype=np.float32), "ramp")] + _bn_inits(rng, "bn_", 6, np.float32)
+    m2 = _model(nodes, inits, ["N", 4, 5, 5], None, opset=17)
+    r = FoldBNAfter().match(*_ctx_node(m2, "bn"))
+    assert isinstance(r, NoMatch) and "bias 'b' is computed by Mul" in r.reason, r

@@ -101,8 +101,14 @@ def _const(ctx: Context, t: gs.Tensor | None, depth: int = 0) -> np.ndarray | No
         from onnx.reference import ReferenceEvaluator
         attrs = {k: (numpy_helper.from_array(np.asarray(a.values)) if isinstance(a, gs.Constant) else a)
                  for k, a in p.attrs.items()}
-        node = onnx.helper.make_node(p.op, [i.name for i in p.inputs], ["out"], **attrs)
-        (out,) = ReferenceEvaluator(node).run(None, feeds)
+        names = [i.name for i in p.inputs]
+        node = onnx.helper.make_node(p.op, names, ["out"], **attrs)
+        ins = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), None)
+               for n in dict.fromkeys(n for n in names if n)]
+        graph = onnx.helper.make_graph([node], "const", ins, [onnx.helper.make_value_info("out", onnx.TypeProto())])
+        # the op as the model's opset defines it (Squeeze / Slice / ... changed signature over time)
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", ctx.opset or 1)])
+        (out,) = ReferenceEvaluator(model).run(None, feeds)
     except Exception:   # anything unusual: treat as not constant
         return None
     out = np.asarray(out)
