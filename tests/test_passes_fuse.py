@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _plain_norms import FRN, SPADE, AdaIN
 from onnx import TensorProto, helper, numpy_helper
 
 import normexport
@@ -34,8 +35,6 @@ from normexport.export import attach_functions
 from normexport.passes import RULES
 from normexport.passes.base import run_rules
 from normexport.reference._conv import conv as ref_conv
-
-from _plain_norms import FRN, SPADE, AdaIN
 
 FUSE_RULES = [r for name, r in RULES.items() if name.startswith("fuse-")]
 NORMWISE = 1e-5          # float32: ||y - ref|| / ||ref||
@@ -135,7 +134,7 @@ def np_nearest(x, size):
 
 
 def np_spade(m: SPADE, x, seg):
-    p = lambda t: t.detach().double().numpy()  # noqa: E731
+    p = lambda t: t.detach().double().numpy()
     x = np.asarray(x, np.float64)
     a = np.maximum(ref_conv(np_nearest(seg, x.shape[2:]), p(m.mlp_shared[0].weight), p(m.mlp_shared[0].bias), padding=1), 0)
     gamma = ref_conv(a, p(m.mlp_gamma.weight), p(m.mlp_gamma.bias), padding=1)
@@ -177,7 +176,7 @@ def make_case(kind: str):
             for prm in (m.gamma, m.beta) + ((m.tau,) if m.tau is not None else ()):
                 prm.normal_()
         x = torch.randn(2, c, 5, 6) * _channel_scales(c, 3e-3)
-        p = lambda t: t.detach().double().numpy() if t is not None else None  # noqa: E731
+        p = lambda t: t.detach().double().numpy() if t is not None else None
         return m, (x,), lambda x: np_frn(x, p(m.gamma), p(m.beta), p(m.tau), float(m.eps)), "FilterResponseNorm"
     if kind == "adain":
         m = AdaIN()
@@ -360,7 +359,7 @@ def test_onnx_backend_group_normalization(library, name):
         np.testing.assert_allclose(got, expected[0], rtol=case.rtol, atol=case.atol)
         return
     assert ops(out) == Counter({"normexport::GroupNorm": 1}), reasons(run)
-    ref = np_group_norm(inputs[0], dict((a.name, helper.get_attribute_value(a)) for a in model.graph.node[0].attribute)["num_groups"],
+    ref = np_group_norm(inputs[0], {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute}["num_groups"],
                         inputs[1], inputs[2],
                         next((helper.get_attribute_value(a) for a in model.graph.node[0].attribute if a.name == "epsilon"), 1e-5))
     for path, y in run_both(out, feeds).items():
@@ -410,7 +409,7 @@ def test_group_normalization_21_constant_params(library):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 2, 2)).astype(np.float32)
     scale, bias = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
-    out, run = fuse(_gn_node_model(21, scale, bias))
+    out, _run = fuse(_gn_node_model(21, scale, bias))
     assert ops(out) == Counter({"normexport::GroupNorm": 1})
     for path, y in run_both(out, {"x": x}).items():
         assert_close(y, np_group_norm(x, 2, scale, bias, 1e-2), f"GroupNormalization-21 constants {path}")
@@ -613,7 +612,7 @@ def test_frn_gamma_graph_input_stays_outside(library):
     """gamma as a graph input is no constant affine: the normalization is fused, the Mul by
     gamma (and what follows) stays; same numbers."""
     model = frn_model(gamma_input=True)
-    out, run = fuse(model)
+    out, _run = fuse(model)
     assert ops(out)["normexport::FilterResponseNorm"] == 1
     assert ops(out)["Mul"] == 1 and ops(out)["Max"] == 1
     rng = np.random.default_rng(4)
@@ -656,7 +655,7 @@ def test_groupnorm_other_ranks_fused(library, shape, groups, dynamo):
 @pytest.mark.parametrize("kind", ["gn", "frn"])
 def test_float16_exports_fused(library, kind, dynamo):
     """A half model: the new per-channel constants are float16 like X; float16 tolerance."""
-    module, args, reference, op_type = make_case(kind)
+    module, args, _reference, op_type = make_case(kind)
     module = module.eval().half()
     args = tuple(a.half() for a in args)
     model = export(module, args, dynamo, 18)
@@ -683,9 +682,47 @@ def test_driver_rewrite_fuses_and_explains(library):
     from normexport.passes import rewrite
     module, args, _, _ = make_case("spade_batch")
     model = export(module, args, False, 18)
-    out, report = rewrite(model, explain=True)
+    _out, report = rewrite(model, explain=True)
     assert report.ok, report.error
     assert report.counts()["fuse-spade"] == 1
     assert report.nodes_after.get("normexport::SPADE") == 1 and "BatchNormalization" not in report.nodes_after
     assert report.verifications and all(report.verifications)
     assert any(e.rule == "fuse-adain" and "does not add a mean to a Mul" in e.reason for e in report.explanations)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_groupnorm_activation_fused(library, act, dynamo):
+    """nn.GroupNorm followed by nn.ReLU / nn.SiLU: one GroupNorm node with activation 1 / 2."""
+    module, args, reference, _ = make_case("gn")
+    seq = torch.nn.Sequential(module, torch.nn.ReLU() if act == "relu" else torch.nn.SiLU()).eval()
+    model = export(seq, args, dynamo, 18)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::GroupNorm": 1}), (ops(out), reasons(run))
+    node = next(n for n in out.graph.node if n.domain == "normexport")
+    assert helper.get_attribute_value(next(a for a in node.attribute if a.name == "activation")) == (1 if act == "relu" else 2)
+    y0 = reference(args[0].numpy())
+    ref = np.maximum(y0, 0) if act == "relu" else y0 / (1 + np.exp(-y0))
+    for path, y in run_both(out, {model.graph.input[0].name: args[0].numpy()}).items():
+        assert_close(y, ref, f"gn+{act} {'dynamo' if dynamo else 'torchscript'} {path}")
+
+
+def test_groupnorm_activation_shared_not_absorbed(library):
+    """A ReLU whose input is also a graph output stays a ReLU (the node's output is kept)."""
+    rng = np.random.default_rng(0)
+    model = _gn_node_model(21, rng.standard_normal(4), rng.standard_normal(4))
+    model.graph.node.append(helper.make_node("Relu", ["y"], ["z"], name="relu"))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [3, 4, 2, 2]))
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::GroupNorm": 1, "Relu": 1})
+    assert run.applied[0].nodes == ["gn"]
+    relu_model = _gn_node_model(21, rng.standard_normal(4), rng.standard_normal(4))
+    relu_model.graph.node.append(helper.make_node("Relu", ["y"], ["z"], name="relu"))
+    relu_model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, [3, 4, 2, 2]))
+    out, _run = fuse(relu_model)
+    assert ops(out) == Counter({"normexport::GroupNorm": 1})
+    x = rng.standard_normal((3, 4, 2, 2)).astype(np.float32)
+    inits = {i.name: numpy_helper.to_array(i) for i in relu_model.graph.initializer}
+    ref = np.maximum(np_group_norm(x, 2, inits["scale"], inits["bias"], 1e-2), 0)
+    for path, y in run_both(out, {"x": x}).items():
+        assert_close(y, ref, f"GroupNormalization-21 + Relu {path}")

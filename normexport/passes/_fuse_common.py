@@ -8,7 +8,7 @@ the rules pass the reason on, so ``--explain`` says exactly which check failed.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -317,14 +317,13 @@ def static_eval(ctx: Context, t: gs.Tensor, visited: list[gs.Node], depth: int =
             out = np.squeeze(a, None if axes is None else tuple(int(x) for x in axes))
         else:
             return None
-    except Exception:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError):
         return None
     visited.append(p)
-    if any(isinstance(v, np.ndarray) and v.dtype == object for v in vals):
-        if np.asarray(out).dtype != bool:
-            res = np.empty(np.shape(out), dtype=object)   # keep ints and symbols apart
-            res[...] = out
-            return res
+    if any(isinstance(v, np.ndarray) and v.dtype == object for v in vals) and np.asarray(out).dtype != bool:
+        res = np.empty(np.shape(out), dtype=object)   # keep ints and symbols apart
+        res[...] = out
+        return res
     return np.asarray(out)
 
 

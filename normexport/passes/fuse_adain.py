@@ -35,9 +35,22 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ._fuse_common import (
+    emit,
+    float_dtype,
+    graph_order,
+    is_op,
+    nname,
+    opset_reason,
+    other,
+    private_set,
+    reduce_axes,
+    same_dim,
+    static_eval,
+    static_shape,
+    tname,
+)
 from .base import Context, Match, NoMatch, Rule
-from ._fuse_common import (emit, float_dtype, graph_order, is_op, nname, opset_reason, other,
-                           private_set, reduce_axes, same_dim, static_eval, static_shape, tname)
 
 OP = "AdaIN"
 
@@ -147,9 +160,7 @@ def _std_stat(ctx: Context, t: gs.Tensor, ref: tuple, nodes: list[gs.Node]):
         return f"'{tname(var)}' is not a ReduceMean of squared deviations (the variance)"
     sqr = ctx.producer(vnode.inputs[0])
     d = None
-    if is_op(sqr, "Pow") and ctx.scalar(sqr.inputs[1]) == 2.0:
-        d = sqr.inputs[0]
-    elif is_op(sqr, "Mul") and sqr.inputs[0] is sqr.inputs[1]:
+    if is_op(sqr, "Pow") and ctx.scalar(sqr.inputs[1]) == 2.0 or is_op(sqr, "Mul") and sqr.inputs[0] is sqr.inputs[1]:
         d = sqr.inputs[0]
     if d is None:
         return f"{nname(vnode)} does not average a square (Pow(d, 2) or Mul(d, d))"

@@ -28,10 +28,22 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ._fuse_common import (
+    channel_const,
+    const_tail,
+    emit,
+    float_dtype,
+    inverse_sqrt_use,
+    is_op,
+    nname,
+    opset_reason,
+    private_to,
+    reduce_axes,
+    scalar_const,
+    static_shape,
+    tname,
+)
 from .base import Context, Match, NoMatch, Rule
-from ._fuse_common import (channel_const, const_tail, emit, float_dtype, inverse_sqrt_use, is_op,
-                           nname, opset_reason, private_to, reduce_axes, scalar_const,
-                           static_shape, tname)
 
 OP = "FilterResponseNorm"
 
@@ -59,9 +71,7 @@ class FuseFRN(Rule):
             return NoMatch(f"{nname(add)} adds epsilon to '{tname(nu2)}', not to a ReduceMean")
         sq = ctx.producer(rm.inputs[0])
         x = None
-        if is_op(sq, "Pow") and ctx.scalar(sq.inputs[1]) == 2.0:
-            x = sq.inputs[0]
-        elif is_op(sq, "Mul") and sq.inputs[0] is sq.inputs[1]:
+        if is_op(sq, "Pow") and ctx.scalar(sq.inputs[1]) == 2.0 or is_op(sq, "Mul") and sq.inputs[0] is sq.inputs[1]:
             x = sq.inputs[0]
         if x is None:
             return NoMatch(f"{nname(rm)} does not average a square (Pow(x, 2) or Mul(x, x))")

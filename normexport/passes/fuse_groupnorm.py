@@ -2,7 +2,8 @@
 
 Target (``normexport/ops/groupnorm.py``): per sample n and group g of C/G consecutive channels,
 ``Y[n, c] = scale[c] * (X[n, c] - mu) / sqrt(var + epsilon) + bias[c]`` with mu / var the mean
-and biased variance of ``X[n, group g, ...]``; ``activation=0``.
+and biased variance of ``X[n, group g, ...]``; ``activation`` 0, or 1 / 2 when a ReLU / SiLU
+follows (below).
 
 Patterns (X of shape (N, C, *spatial), C static, model opset >= 18):
 
@@ -36,6 +37,11 @@ times (constants required: a per-group graph input would need a runtime repeat).
 elements). ``stash_type`` must be 1 (float32 statistics; the normexport kernels accumulate in
 float, the function body in float64).
 
+Every form also takes a following activation into the node's ``activation`` attribute when
+the normalized (and affine) tensor feeds only it: ``Relu`` -> 1, SiLU written as
+``Mul(y, Sigmoid(y))`` (how both torch exporters write ``nn.SiLU``) -> 2 (the contract's
+``act(scale * x_hat + bias)``, exactly).
+
 Not fused (NoMatch with the reason): a Reshape whose group count does not divide C (it groups
 across channel boundaries), a target other than (N, G, rest), reduce axes other than the group
 axes, eps outside the square root, a Mul / Add after the pattern by a constant that is not per
@@ -48,10 +54,23 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ._fuse_common import (
+    channel_const,
+    const_tail,
+    emit,
+    float_dtype,
+    inverse_sqrt_use,
+    is_op,
+    nname,
+    only_consumer,
+    opset_reason,
+    other,
+    private_to,
+    reduce_axes,
+    static_shape,
+    tname,
+)
 from .base import Context, Match, NoMatch, Rule
-from ._fuse_common import (channel_const, const_tail, emit, float_dtype, inverse_sqrt_use, is_op, nname,
-                           only_consumer, opset_reason, other, per_channel, private_to,
-                           reduce_axes, static_shape, tname)
 
 OP = "GroupNorm"
 
@@ -131,7 +150,26 @@ def _finish(ctx: Context, anchor: gs.Node, core: list[gs.Node], y: gs.Tensor, x:
     b = np.zeros(c) if b is None else b
     scale = w * gscale
     bias = w * gbias + b
-    return Match(core + nodes, anchor=anchor, x=x, scale=scale, bias=bias, groups=g, eps=eps, dtype=dt)
+    act_nodes, act = activation_tail(ctx, (nodes[-1] if nodes else core[-1]).outputs[0])
+    return Match(core + nodes + act_nodes, anchor=anchor, x=x, scale=scale, bias=bias, groups=g, eps=eps,
+                 dtype=dt, activation=act)
+
+
+def activation_tail(ctx: Context, y: gs.Tensor) -> tuple[list[gs.Node], int]:
+    """A ReLU (activation 1) or SiLU ``Mul(y, Sigmoid(y))`` (activation 2) reading only ``y``:
+    the contract's fused activation. Anything else: ([], 0)."""
+    if ctx.is_graph_output(y):
+        return [], 0
+    users = ctx.consumers(y)
+    if len(users) == 1 and is_op(users[0], "Relu"):
+        return [users[0]], 1
+    if len(users) == 2:
+        sig = next((u for u in users if is_op(u, "Sigmoid")), None)
+        mul = next((u for u in users if is_op(u, "Mul")), None)
+        if (sig is not None and mul is not None and not ctx.is_graph_output(sig.outputs[0])
+                and ctx.consumers(sig.outputs[0]) == [mul] and other(mul, y) is sig.outputs[0]):
+            return [sig, mul], 2
+    return [], 0
 
 
 def _group_params(ctx: Context, node: gs.Node, g: int, c: int) -> tuple[np.ndarray, np.ndarray] | str:
@@ -185,7 +223,7 @@ class FuseGroupNormInstanceNorm(Rule):
 def _emit_gn(ctx: Context, m: Match):
     return emit(ctx, m, OP, [m.x, channel_const(ctx, "gn_scale", m.scale, m.dtype),
                             channel_const(ctx, "gn_bias", m.bias, m.dtype)],
-                {"num_groups": int(m.groups), "epsilon": float(m.eps), "activation": 0})
+                {"num_groups": int(m.groups), "epsilon": float(m.eps), "activation": int(m.activation)})
 
 
 def match_moments(ctx: Context, sqrt: gs.Node):
@@ -206,9 +244,7 @@ def match_moments(ctx: Context, sqrt: gs.Node):
         return f"{nname(add)} adds epsilon to {tname(var)}, not to a ReduceMean (variance)"
     sq = ctx.producer(vnode.inputs[0])
     d = None
-    if is_op(sq, "Pow") and ctx.scalar(sq.inputs[1]) == 2.0:
-        d = sq.inputs[0]
-    elif is_op(sq, "Mul") and sq.inputs[0] is sq.inputs[1]:
+    if is_op(sq, "Pow") and ctx.scalar(sq.inputs[1]) == 2.0 or is_op(sq, "Mul") and sq.inputs[0] is sq.inputs[1]:
         d = sq.inputs[0]
     if d is None:
         return f"{nname(vnode)} does not average a square (Pow(d, 2) or Mul(d, d))"
@@ -230,7 +266,7 @@ def match_moments(ctx: Context, sqrt: gs.Node):
     for tt, users in ((mu, [sub]), (sq.outputs[0], [vnode]), (var, [add]), (add.outputs[0], [sqrt])):
         if (why := private_to(ctx, tt, users)):
             return why
-    return dict(t=t, d=d, axes=ax1[0], eps=eps, mean=mnode, sub=sub, square=sq, var=vnode, add=add)
+    return {"t": t, "d": d, "axes": ax1[0], "eps": eps, "mean": mnode, "sub": sub, "square": sq, "var": vnode, "add": add}
 
 
 class FuseGroupNormReduceMean(Rule):
@@ -334,12 +370,14 @@ class FuseGroupNormalization(Rule):
                     if ctx.dtype(t) != dt:
                         return NoMatch(f"{what} '{tname(t)}' is {ctx.dtype(t)}, X is {dt}")
                     params.append(t)
-        return Match([node], anchor=node, x=x, params=params, groups=g, eps=eps, version=version, dtype=dt)
+        act_nodes, act = activation_tail(ctx, node.outputs[0])
+        return Match([node, *act_nodes], anchor=node, x=x, params=params, groups=g, eps=eps, version=version,
+                     dtype=dt, activation=act)
 
     def rewrite(self, ctx: Context, m: Match):
         params = [channel_const(ctx, p[0], p[1], m.dtype) if isinstance(p, tuple) else p for p in m.params]
         return emit(ctx, m, OP, [m.x, *params],
-                    {"num_groups": int(m.groups), "epsilon": float(m.eps), "activation": 0})
+                    {"num_groups": int(m.groups), "epsilon": float(m.eps), "activation": int(m.activation)})
 
 
 RULES = (FuseGroupNormInstanceNorm(), FuseGroupNormReduceMean(), FuseGroupNormalization())

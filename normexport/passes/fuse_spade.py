@@ -29,9 +29,19 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ._fuse_common import (
+    channel_const,
+    emit,
+    float_dtype,
+    is_op,
+    nname,
+    only_consumer,
+    opset_reason,
+    other,
+    static_shape,
+    tname,
+)
 from .base import Context, Match, NoMatch, Rule
-from ._fuse_common import (channel_const, emit, float_dtype, is_op, nname, only_consumer,
-                           opset_reason, other, static_shape, tname)
 
 OP = "SPADE"
 
