@@ -790,6 +790,10 @@ def check(model, args, onnx_path: str | os.PathLike | onnx.ModelProto, *,
     if reference == "float64":
         ref_model = copy.deepcopy(model).double()
         ref_args = tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    # the torch run happens where the model lives (a CUDA model: inputs moved there)
+    device = next((t.device for t in list(model.parameters()) + list(model.buffers())), None)
+    if device is not None and device.type != "cpu":
+        ref_args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in ref_args)
     want_layers = localize_layers is True or localize_layers == "auto"
     expected, hooks = _torch_run(ref_model, ref_args, hooks=want_layers)
     fold_map: dict[str, str] = {}

@@ -507,3 +507,17 @@ def test_cli_per_output_tolerance(userpkg, tmp_path, capsys):
     assert o["rtol"] == 0.5 and o["atol"] == 0.5 and o["passed"]
     assert cli.main(["check", "chkpkg.models:build", str(bad), "--output-tol", "nope=1,1"]) == 2
     assert f"the model's outputs are {out}" in capsys.readouterr().err
+
+
+def test_float64_reference(exported):
+    """reference="float64": the outputs are compared with a float64 copy of the model; the
+    reported error equals ORT vs a float64 torch run made here."""
+    model, example, path = exported("resnet18_gn")
+    x = _fresh(example)
+    report = check(model, x, path, reference="float64", localize_layers=True)
+    assert report and report.reference == "torch float64 eval", report.format()
+    assert report.results[0].localization.first is None
+    with torch.no_grad():
+        e = copy.deepcopy(model).double()(x[0].double()).numpy()
+    y = _ort(path, x)[0]
+    assert report.results[0].comparison.outputs[0].max_abs == pytest.approx(float(np.abs(y - e).max()), rel=1e-6)
