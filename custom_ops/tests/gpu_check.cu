@@ -233,10 +233,46 @@ void FrnCase(Ctx& ctx, NCS sh, bool tlu) {
   Report<T>(ctx, "FilterResponseNorm", Dims({sh.n, sh.c, sh.s}) + (tlu ? " tlu" : " no-tlu"), err, e);
 }
 
+// channels last: X (N, S, C), element (n, s, c) at (n * S + s) * C + c
+template <typename T>
+void FrnNhwcCase(Ctx& ctx, NCS sh, bool tlu) {
+  const float eps = 1e-6f;
+  Vec x = Random(ctx, sh.n * sh.s * sh.c, 2.0, 0.5), g = Uniform(ctx, sh.c, 0.5, 1.5), b = Random(ctx, sh.c, 0.3),
+      tau = Random(ctx, sh.c, 0.3);
+  Quantize<T>(x), Quantize<T>(g), Quantize<T>(b), Quantize<T>(tau);
+  DeviceBuffer<T> dx(x), dy(x.size()), dg(g), db(b), dt(tau);
+  dy.Poison();
+  int err = normexport::frn::LaunchFilterResponseNormNhwc<T>(ctx.stream, dx.get(), dy.get(), dg.get(), db.get(),
+                                                             tlu ? dt.get() : nullptr, sh.n, sh.c, sh.s, eps, tlu);
+  err = Finish(ctx, err);
+  Errors e;
+  if (err == 0) {
+    Vec ref(x.size());
+    for (int64_t n = 0; n < sh.n; ++n)
+      for (int64_t c = 0; c < sh.c; ++c) {
+        double nu2 = 0;
+        for (int64_t i = 0; i < sh.s; ++i) nu2 += std::pow(x[(n * sh.s + i) * sh.c + c], 2);
+        const double inv = 1.0 / std::sqrt(nu2 / sh.s + static_cast<double>(eps));
+        for (int64_t i = 0; i < sh.s; ++i) {
+          const int64_t k = (n * sh.s + i) * sh.c + c;
+          const double y = g[c] * x[k] * inv + b[c];
+          ref[k] = tlu ? std::fmax(y, tau[c]) : y;
+        }
+      }
+    Compare<T>(dy.Download(), ref, e);
+  }
+  Report<T>(ctx, "FilterResponseNorm", "nhwc " + Dims({sh.n, sh.s, sh.c}) + (tlu ? " tlu" : " no-tlu"), err, e);
+}
+
 bool CheckFrn(Ctx& ctx) {
   for (const NCS& s : kShapes) FrnCase<float>(ctx, s, true);
   FrnCase<float>(ctx, {2, 5, 63}, false);
   for (const NCS& s : kHalfShapes) FrnCase<half>(ctx, s, true);
+  // channels last: C below / at / above one warp's 32 channels, one row, long columns
+  for (const NCS& s : kShapes) FrnNhwcCase<float>(ctx, s, true);
+  FrnNhwcCase<float>(ctx, {2, 33, 63}, false);
+  FrnNhwcCase<float>(ctx, {3, 200, 1}, true);
+  for (const NCS& s : kHalfShapes) FrnNhwcCase<half>(ctx, s, true);
   return true;
 }
 #endif
@@ -275,6 +311,45 @@ void GnCase(Ctx& ctx, NCS sh, int64_t groups, int act) {
             err, e);
 }
 
+// channels last: X (N, S, C), element (n, s, c) at (n * S + s) * C + c
+template <typename T>
+void GnNhwcCase(Ctx& ctx, NCS sh, int64_t groups, int act) {
+  const float eps = 1e-5f;
+  Vec x = Random(ctx, sh.n * sh.s * sh.c, 2.0, 0.5), sc = Uniform(ctx, sh.c, 0.5, 1.5), bi = Random(ctx, sh.c, 0.3);
+  Quantize<T>(x), Quantize<T>(sc), Quantize<T>(bi);
+  DeviceBuffer<T> dx(x), dy(x.size()), ds(sc), db(bi);
+  dy.Poison();
+  int err = normexport::gn::LaunchGroupNormNhwc<T>(ctx.stream, dx.get(), dy.get(), ds.get(), db.get(), sh.n, sh.c,
+                                                   sh.s, groups, eps, act);
+  err = Finish(ctx, err);
+  Errors e;
+  if (err == 0) {
+    Vec ref(x.size());
+    const int64_t cpg = sh.c / groups;
+    for (int64_t n = 0; n < sh.n; ++n)
+      for (int64_t g = 0; g < groups; ++g) {
+        double s = 0, q = 0;
+        for (int64_t i = 0; i < sh.s; ++i)
+          for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) s += x[(n * sh.s + i) * sh.c + c];
+        const double mean = s / static_cast<double>(cpg * sh.s);
+        for (int64_t i = 0; i < sh.s; ++i)
+          for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) q += std::pow(x[(n * sh.s + i) * sh.c + c] - mean, 2);
+        const double inv = 1.0 / std::sqrt(q / static_cast<double>(cpg * sh.s) + static_cast<double>(eps));
+        for (int64_t i = 0; i < sh.s; ++i)
+          for (int64_t c = g * cpg; c < (g + 1) * cpg; ++c) {
+            const int64_t k = (n * sh.s + i) * sh.c + c;
+            double y = sc[c] * (x[k] - mean) * inv + bi[c];
+            if (act == 1) y = std::fmax(y, 0.0);
+            if (act == 2) y = y / (1.0 + std::exp(-y));
+            ref[k] = y;
+          }
+      }
+    Compare<T>(dy.Download(), ref, e);
+  }
+  Report<T>(ctx, "GroupNorm",
+            "nhwc " + Dims({sh.n, sh.s, sh.c}) + " g" + std::to_string(groups) + " act" + std::to_string(act), err, e);
+}
+
 bool CheckGroupNorm(Ctx& ctx) {
   GnCase<float>(ctx, {1, 1, 1}, 1, 0);
   GnCase<float>(ctx, {2, 6, 7}, 3, 0);
@@ -283,6 +358,18 @@ bool CheckGroupNorm(Ctx& ctx) {
   GnCase<float>(ctx, {2, 8, 65537}, 2, 0);
   GnCase<half>(ctx, {2, 6, 63}, 3, 0);
   GnCase<half>(ctx, {2, 16, 4099}, 4, 2);
+  // channels last (shapes as {n, c, s}): one channel per group, odd group widths below and
+  // above a warp, a group wider than the block, one row, long columns
+  GnNhwcCase<float>(ctx, {1, 1, 1}, 1, 0);
+  GnNhwcCase<float>(ctx, {2, 6, 7}, 3, 0);
+  GnNhwcCase<float>(ctx, {3, 15, 63}, 5, 1);
+  GnNhwcCase<float>(ctx, {2, 32, 1023}, 32, 2);
+  GnNhwcCase<float>(ctx, {2, 96, 257}, 2, 0);
+  GnNhwcCase<float>(ctx, {2, 1100, 3}, 1, 2);
+  GnNhwcCase<float>(ctx, {4, 64, 1}, 8, 0);
+  GnNhwcCase<float>(ctx, {2, 8, 65537}, 2, 0);
+  GnNhwcCase<half>(ctx, {2, 6, 63}, 3, 0);
+  GnNhwcCase<half>(ctx, {2, 16, 4099}, 4, 2);
   return true;
 }
 #endif
@@ -365,6 +452,44 @@ void AdainCase(Ctx& ctx, NCS sh, int64_t style_plane, float alpha) {
                               " a" + std::to_string(alpha).substr(0, 4), err, e);
 }
 
+// channels last: content (N, S, C), style (N, S', C), element (n, s, c) at (n * S + s) * C + c
+template <typename T>
+void AdainNhwcCase(Ctx& ctx, NCS sh, int64_t style_plane, float alpha) {
+  const float eps = 1e-5f;
+  Vec x = Random(ctx, sh.n * sh.s * sh.c, 2.0, 0.5), st = Random(ctx, sh.n * style_plane * sh.c, 1.5, -0.7);
+  Quantize<T>(x), Quantize<T>(st);
+  DeviceBuffer<T> dx(x), ds(st), dy(x.size());
+  dy.Poison();
+  int err = normexport::adain::LaunchAdaINNhwc<T>(ctx.stream, dx.get(), ds.get(), dy.get(), sh.n, sh.c, sh.s,
+                                                  style_plane, eps, alpha);
+  err = Finish(ctx, err);
+  Errors e;
+  if (err == 0) {
+    Vec ref(x.size());
+    auto column = [&](const Vec& v, int64_t n, int64_t c, int64_t rows, double& mean, double& var) {
+      double s = 0, q = 0;
+      for (int64_t i = 0; i < rows; ++i) s += v[(n * rows + i) * sh.c + c];
+      mean = s / rows;
+      for (int64_t i = 0; i < rows; ++i) q += std::pow(v[(n * rows + i) * sh.c + c] - mean, 2);
+      var = q / rows;
+    };
+    for (int64_t n = 0; n < sh.n; ++n)
+      for (int64_t c = 0; c < sh.c; ++c) {
+        double mc, vc, ms, vs;
+        column(x, n, c, sh.s, mc, vc);
+        column(st, n, c, style_plane, ms, vs);
+        const double k = std::sqrt(vs + static_cast<double>(eps)) / std::sqrt(vc + static_cast<double>(eps));
+        for (int64_t i = 0; i < sh.s; ++i) {
+          const int64_t idx = (n * sh.s + i) * sh.c + c;
+          ref[idx] = alpha * (k * (x[idx] - mc) + ms) + (1.0 - alpha) * x[idx];
+        }
+      }
+    Compare<T>(dy.Download(), ref, e);
+  }
+  Report<T>(ctx, "AdaIN", "nhwc " + Dims({sh.n, sh.s, sh.c}) + " style " + std::to_string(style_plane) + " a" +
+                              std::to_string(alpha).substr(0, 4), err, e);
+}
+
 bool CheckAdaIN(Ctx& ctx) {
   AdainCase<float>(ctx, {1, 1, 1}, 1, 1.0f);
   AdainCase<float>(ctx, {2, 3, 7}, 13, 1.0f);
@@ -373,6 +498,15 @@ bool CheckAdaIN(Ctx& ctx) {
   AdainCase<float>(ctx, {2, 8, 65537}, 4099, 0.5f);
   AdainCase<half>(ctx, {2, 5, 63}, 35, 1.0f);
   AdainCase<half>(ctx, {2, 16, 4099}, 1023, 0.75f);
+  // channels last (shapes as {n, c, s}): C below / above one warp's 32 channels, one row
+  AdainNhwcCase<float>(ctx, {1, 1, 1}, 1, 1.0f);
+  AdainNhwcCase<float>(ctx, {2, 3, 7}, 13, 1.0f);
+  AdainNhwcCase<float>(ctx, {2, 5, 63}, 91, 0.75f);
+  AdainNhwcCase<float>(ctx, {3, 40, 1023}, 257, 1.0f);
+  AdainNhwcCase<float>(ctx, {2, 8, 65537}, 4099, 0.5f);
+  AdainNhwcCase<float>(ctx, {2, 200, 1}, 3, 1.0f);
+  AdainNhwcCase<half>(ctx, {2, 5, 63}, 35, 1.0f);
+  AdainNhwcCase<half>(ctx, {2, 16, 4099}, 1023, 0.75f);
   return true;
 }
 #endif

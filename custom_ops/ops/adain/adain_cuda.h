@@ -16,5 +16,11 @@ template <typename T>
 int LaunchAdaIN(void* stream, const T* content, const T* style, T* y, int64_t num_planes, int64_t content_plane,
                 int64_t style_plane, float eps, float alpha) noexcept;
 
+// Channels last (adain_nhwc_cuda.cu): content, y hold batch * content_plane * channels
+// elements, (N, content_plane, C); style batch * style_plane * channels, (N, style_plane, C).
+template <typename T>
+int LaunchAdaINNhwc(void* stream, const T* content, const T* style, T* y, int64_t batch, int64_t channels,
+                    int64_t content_plane, int64_t style_plane, float eps, float alpha) noexcept;
+
 }  // namespace adain
 }  // namespace normexport

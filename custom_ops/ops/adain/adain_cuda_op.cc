@@ -1,5 +1,6 @@
 // CUDA execution-provider wrapper of normexport::AdaIN (plain C++, no CUDA
-// headers). Compiled to nothing unless NORMEXPORT_WITH_CUDA.
+// headers), both layouts: channels first (adain_cuda.cu) and channels last
+// (adain_nhwc_cuda.cu). Compiled to nothing unless NORMEXPORT_WITH_CUDA.
 #ifdef NORMEXPORT_WITH_CUDA
 
 #include "adain/adain_cuda.h"
@@ -13,17 +14,21 @@ OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext
   return Guarded(node, [&]() -> OrtStatus* {
     Ort::KernelContext kc(context);
     Problem p;
-    if (OrtStatus* st = Prepare(kc, node, OnnxType<T>::value, &p)) return st;
+    if (OrtStatus* st = Prepare(kc, node, OnnxType<T>::value, &p, a.channels_last)) return st;
     if (p.num_elements == 0) return nullptr;
     void* stream = kc.GetGPUComputeStream();
-    const int err = LaunchAdaIN<T>(stream, static_cast<const T*>(p.content), static_cast<const T*>(p.style),
-                                   static_cast<T*>(p.y), p.num_planes, p.content_plane, p.style_plane, a.eps,
-                                   a.alpha);
+    const T* content = static_cast<const T*>(p.content);
+    const T* style = static_cast<const T*>(p.style);
+    T* y = static_cast<T*>(p.y);
+    const int err = p.channels_last ? LaunchAdaINNhwc<T>(stream, content, style, y, p.N, p.C, p.content_plane,
+                                                         p.style_plane, a.eps, a.alpha)
+                                    : LaunchAdaIN<T>(stream, content, style, y, p.num_planes, p.content_plane,
+                                                     p.style_plane, a.eps, a.alpha);
     if (err != 0) {
       return CudaErrorStatus(node, err,
                              StrCat("CUDA kernel launch failed (", OnnxType<T>::name, ", content shape ",
                                     ShapeToString(p.content_shape), ", style shape ",
-                                    ShapeToString(p.style_shape), ")"));
+                                    ShapeToString(p.style_shape), p.channels_last ? ", channels_last" : "", ")"));
     }
     return nullptr;
   });
