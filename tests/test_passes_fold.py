@@ -539,3 +539,30 @@ def test_constant_subgraphs_are_evaluated_in_the_models_opset(rng):
     m2 = _model(nodes, inits, ["N", 4, 5, 5], None, opset=17)
     r = FoldBNAfter().match(*_ctx_node(m2, "bn"))
     assert isinstance(r, NoMatch) and "bias 'b' is computed by Mul" in r.reason, r
+
+
+@pytest.mark.parametrize("bias_first,c_shape", [(False, (5,)), (True, (1, 5)), (False, ())])
+def test_bn_after_matmul_plus_bias(rng, bias_first, c_shape):
+    """A dense layer written as MatMul + Add(constant bias) (tf2onnx, N-d Linear exports)."""
+    inits = [nh.from_array(rng.standard_normal((4, 5)).astype(np.float32), "W"),
+             nh.from_array(rng.standard_normal(c_shape).astype(np.float32), "c")]
+    add = h.make_node("Add", ["c", "mm"] if bias_first else ["mm", "c"], ["h"], name="add")
+    m = _model([h.make_node("MatMul", ["x", "W"], ["mm"], name="layer"), add, _bn("h", "y")],
+               inits + _bn_inits(rng, "bn_", 5, np.float32), ["N", 4], None)
+    new, _ = check_fold(m, "fold-bn-after")
+    assert _ops(new) == ["Gemm"] and new.graph.node[0].name == "layer"
+
+
+def test_bn_after_matmul_plus_bias_refusals(rng):
+    inits = [nh.from_array(rng.standard_normal((4, 5)).astype(np.float32), "W"),
+             nh.from_array(rng.standard_normal(5).astype(np.float32), "c")]
+    nodes = [h.make_node("MatMul", ["x", "W"], ["mm"], name="layer"), h.make_node("Add", ["mm", "c"], ["h"], name="add"),
+             _bn("h", "y"), h.make_node("Relu", ["mm"], ["r"], name="relu")]
+    g_out = [h.make_tensor_value_info("r", TP.FLOAT, [None, None])]
+    m = _model(nodes, inits + _bn_inits(rng, "bn_", 5, np.float32), ["N", 4], None)
+    m.graph.output.extend(g_out)
+    r = FoldBNAfter().match(*_ctx_node(m, "bn"))
+    assert isinstance(r, NoMatch) and "also used by 'relu'" in r.reason, r
+    m3 = _model(nodes[:3], inits + _bn_inits(rng, "bn_", 3, np.float32), [2, 3, 4], None)
+    r = FoldBNAfter().match(*_ctx_node(m3, "bn"))
+    assert isinstance(r, NoMatch) and "rank 3" in r.reason, r

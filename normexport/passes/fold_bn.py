@@ -18,8 +18,10 @@ and needs nothing but W and b):
                    alpha = beta = 1, op(B') = alpha op(B) diag(s), C' = s beta C + t
                                                                           (fold_bn_after_gemm)
     MatMul         A (M, K) @ W (K, N) constant, output rank 2: BN's axis 1 is the column,
-                   so it is the Gemm form with C absent -> Gemm(A, W', t'). An output of rank
-                   3 (N, T, F) is not folded: BN's axis 1 is T, while W mixes F.
+                   so it is the Gemm form with C absent -> Gemm(A, W', t'); MatMul + Add of a
+                   constant bias c (a dense layer as tf2onnx and N-d Linear exports write it):
+                   the Gemm form with C = c. An output of rank 3 (N, T, F) is not folded: BN's
+                   axis 1 is T, while W mixes F.
 
 ``fold-bn-before`` (the layer reads the BN's output; BN's input takes its place):
 
@@ -234,7 +236,7 @@ class FoldBNAfter(_FoldRule):
 
     name = "fold-bn-after"
     summary = ("BatchNormalization after Conv / ConvTranspose (groups) / Gemm / MatMul with a constant "
-               "2-D weight: folded into the layer's weights (exact)")
+               "2-D weight (+ Add of a constant bias): folded into the layer's weights (exact)")
 
     def match(self, ctx: Context, node: gs.Node) -> Match | NoMatch:
         bn = _read_bn(ctx, node)
@@ -246,9 +248,9 @@ class FoldBNAfter(_FoldRule):
             src = "a graph input" if ctx.is_graph_input(x) else "a constant"
             return NoMatch(f"{_label(node)}'s input '{x.name}' is {src}, not the output of a "
                            f"Conv/ConvTranspose/Gemm/MatMul")
-        if layer.domain not in _DEFAULT or layer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        if layer.domain not in _DEFAULT or layer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"):
             return NoMatch(f"{_label(node)}'s input comes from {_label(layer)}, not a "
-                           f"Conv/ConvTranspose/Gemm/MatMul")
+                           f"Conv/ConvTranspose/Gemm/MatMul (or MatMul + Add of a constant bias)")
         if (why := ctx.private(x, node)) is not None:
             return NoMatch(f"{_label(layer)}'s output {why}: folding {_label(node)} would change "
                            f"what the other readers see")
@@ -258,7 +260,30 @@ class FoldBNAfter(_FoldRule):
             return self._conv(ctx, bn, layer)
         if layer.op == "Gemm":
             return self._gemm(ctx, bn, layer)
+        if layer.op == "Add":   # a dense layer as MatMul + Add(bias) (tf2onnx, N-d Linear exports)
+            return self._matmul_add(ctx, bn, layer)
         return self._matmul(ctx, bn, layer)
+
+    def _matmul_add(self, ctx, bn: _BN, add: gs.Node):
+        for k in (0, 1):
+            c = _const(ctx, add.inputs[1 - k])
+            mm = ctx.producer(add.inputs[k])
+            if c is not None and mm is not None and mm.op == "MatMul" and mm.domain in _DEFAULT:
+                break
+        else:
+            return NoMatch(f"{_label(bn.node)}'s input comes from {_label(add)}, which does not add a "
+                           f"constant bias to a MatMul")
+        if (why := ctx.private(add.inputs[k], add)) is not None:
+            return NoMatch(f"{_label(mm)}'s output {why}: folding would change what the other readers see")
+        if c.dtype not in _FLOATS or c.ndim > 2:
+            return NoMatch(f"{_label(add)}'s bias has shape {tuple(c.shape)} ({c.dtype}): not a Gemm bias")
+        m = self._matmul(ctx, bn, mm)
+        if not m:
+            return m
+        n = bn.channels
+        if c.ndim >= 1 and c.shape[-1] not in (1, n):
+            return NoMatch(f"{_label(add)}'s bias has shape {tuple(c.shape)}, which does not broadcast to (M, {n})")
+        return Match([mm, add, bn.node], bn=bn, w=m.w, c=c, alpha=1.0, beta=1.0, trans_b=0, kind="matmul")
 
     def _conv(self, ctx, bn: _BN, layer: gs.Node):
         w = _layer_weight(ctx, layer, 1, "weight")
@@ -314,7 +339,7 @@ class FoldBNAfter(_FoldRule):
         return Match([layer, bn.node], bn=bn, w=w, c=None, alpha=1.0, beta=1.0, trans_b=0, kind="matmul")
 
     def rewrite(self, ctx: Context, m: Match) -> list[gs.Node]:
-        layer, bnn = m.nodes
+        layer, bnn = m.nodes[0], m.nodes[-1]
         x = layer.inputs[0]
         out = list(bnn.outputs[:1])
         if layer.op in ("Conv", "ConvTranspose"):
