@@ -521,3 +521,17 @@ def test_float64_reference(exported):
         e = copy.deepcopy(model).double()(x[0].double()).numpy()
     y = _ort(path, x)[0]
     assert report.results[0].comparison.outputs[0].max_abs == pytest.approx(float(np.abs(y - e).max()), rel=1e-6)
+
+
+def test_function_fallback_path(exported):
+    """use_library=False: the normexport nodes run on their ONNX function bodies; a custom node
+    is still one layer (its body's values are not reachable), and a defect in it is named."""
+    model, example, path = exported("user")
+    x = _fresh(example)
+    assert check(model, x, path, use_library=False)
+    proto = onnx.load(path)
+    _set_eps(proto, "gn", "GroupNorm", 0.5)
+    bad = check(model, x, proto, use_library=False)
+    assert not bad and bad.first_divergence().module == "gn", bad.format()
+    expected = _torch_layer_error(model, x, "gn", _set_module_eps("gn", 0.5))
+    assert bad.first_divergence().rel_l2 == pytest.approx(expected, rel=0.02)
