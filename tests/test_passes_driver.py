@@ -342,3 +342,13 @@ def test_rewritten_graph_that_does_not_run_fails_cleanly(model):
     assert not report.ok and new is model and report.failed_rule == "unrunnable"
     assert "does not run" in report.error or "fails onnx.checker" in report.error
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_feeds_must_fit_the_graph(model, rng):
+    x = rng.standard_normal((2, 3, 6, 6))
+    with pytest.raises(PassError, match="input 'x' is float64, the graph takes float32"):
+        rewrite(model, feeds={"x": x})
+    with pytest.raises(PassError, match=r"input 'x' has shape \(2, 4, 6, 6\): dim 1 must be 3"):
+        rewrite(model, feeds={"x": rng.standard_normal((2, 4, 6, 6)).astype(np.float32)})
+    with pytest.raises(PassError, match="the graph takes rank 4"):
+        rewrite(model, feeds={"x": rng.standard_normal((2, 3, 6)).astype(np.float32)})

@@ -169,6 +169,24 @@ def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], source:
         raise PassError(f"{source}: " + "; ".join(
             ([f"no array for input(s) {', '.join(map(repr, missing))}"] if missing else []) +
             ([f"arrays for {', '.join(map(repr, extra))}, which the graph does not take"] if extra else [])))
+    for i in graph_inputs(model):
+        if not i.type.HasField("tensor_type"):
+            continue
+        tt, a = i.type.tensor_type, np.asarray(feeds[i.name])
+        try:
+            want = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except (KeyError, TypeError, ValueError):
+            want = None
+        if want is not None and a.dtype != want:
+            raise PassError(f"{source}: input '{i.name}' is {a.dtype}, the graph takes {want}")
+        if tt.HasField("shape"):
+            dims = tt.shape.dim
+            if len(dims) != a.ndim:
+                raise PassError(f"{source}: input '{i.name}' has shape {a.shape}, the graph takes rank {len(dims)}")
+            for k, d in enumerate(dims):
+                if d.HasField("dim_value") and d.dim_value != a.shape[k]:
+                    raise PassError(f"{source}: input '{i.name}' has shape {a.shape}: dim {k} must be "
+                                    f"{d.dim_value}")
 
 
 def tolerance_for(dtype: np.dtype, rtol: float | None = None, atol: float | None = None) -> tuple[float, float]:
