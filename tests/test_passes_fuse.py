@@ -553,16 +553,21 @@ def test_gn_instancenorm_scale_graph_input_refused():
     assert any("the scale of inorm ('s') is not a constant" in r for r in reasons(run)), reasons(run)
 
 
-def frn_model(gamma_shape=(1, 6, 1, 1), axes=(2, 3), nu2_twice=False, gamma_input=False, tau_shape=(1, 6, 1, 1)):
+def frn_model(gamma_shape=(1, 6, 1, 1), axes=(2, 3), nu2_twice=False, gamma_input=False, tau_shape=(1, 6, 1, 1),
+              square="pow", inverse="reciprocal"):
     shape = [2, 6, 5, 6]
     rng = np.random.default_rng(9)
-    nodes = [helper.make_node("Pow", ["x", "two"], ["x2"], name="pow"),
+    nodes = [(helper.make_node("Pow", ["x", "two"], ["x2"], name="pow") if square == "pow"
+              else helper.make_node("Mul", ["x", "x"], ["x2"], name="pow")),
              helper.make_node("ReduceMean", ["x2", "axes"], ["nu2"], name="nu2", keepdims=1),
              helper.make_node("Add", ["nu2", "eps"], ["ne"], name="add_eps"),
-             helper.make_node("Sqrt", ["ne"], ["sd"], name="sqrt"),
-             helper.make_node("Reciprocal", ["sd"], ["isd"], name="rsqrt"),
-             helper.make_node("Mul", ["x", "isd"], ["h"], name="norm"),
-             helper.make_node("Mul", ["gamma", "h"], ["hg"], name="gamma_mul"),
+             helper.make_node("Sqrt", ["ne"], ["sd"], name="sqrt")]
+    if inverse == "reciprocal":
+        nodes += [helper.make_node("Reciprocal", ["sd"], ["isd"], name="rsqrt"),
+                  helper.make_node("Mul", ["x", "isd"], ["h"], name="norm")]
+    else:
+        nodes.append(helper.make_node("Div", ["x", "sd"], ["h"], name="norm"))
+    nodes += [helper.make_node("Mul", ["gamma", "h"], ["hg"], name="gamma_mul"),
              helper.make_node("Add", ["hg", "beta"], ["hb"], name="beta_add"),
              helper.make_node("Max", ["hb", "tau"], ["y"], name="tlu")]
     inits = [_f32("two", 2.0), _i64("axes", list(axes)), _f32("eps", 1e-6), _f32("beta", rng.standard_normal((1, 6, 1, 1))),
@@ -577,6 +582,18 @@ def frn_model(gamma_shape=(1, 6, 1, 1), axes=(2, 3), nu2_twice=False, gamma_inpu
         nodes.append(helper.make_node("Identity", ["nu2"], ["nu2_copy"], name="nu2_user"))
         outs.append(helper.make_tensor_value_info("nu2_copy", TensorProto.FLOAT, [2, 6, 1, 1]))
     return _model(nodes, inputs, outs, inits)
+
+
+@pytest.mark.parametrize("square,inverse", [("pow", "reciprocal"), ("mul", "div")])
+def test_frn_hand_written_fused(library, square, inverse):
+    model = frn_model(square=square, inverse=inverse)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::FilterResponseNorm": 1}), reasons(run)
+    x = (np.random.default_rng(1).standard_normal((2, 6, 5, 6)) * _channel_scales(6, 1e-3).numpy()).astype(np.float32)
+    p = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    ref = np_frn(x, p["gamma"], p["beta"], p["tau"], 1e-6)
+    for path, y in run_both(out, {"x": x}).items():
+        assert_close(y, ref, f"frn hand-written {square}/{inverse} {path}")
 
 
 def test_frn_mul_not_per_channel_refused():
@@ -726,3 +743,43 @@ def test_groupnorm_activation_shared_not_absorbed(library):
     ref = np.maximum(np_group_norm(x, 2, inits["scale"], inits["bias"], 1e-2), 0)
     for path, y in run_both(out, {"x": x}).items():
         assert_close(y, ref, f"GroupNormalization-21 + Relu {path}")
+
+
+class _AdaINAlpha(torch.nn.Module):
+    """naoto0804 test.py style_transfer's blend: feat * alpha + content_f * (1 - alpha)."""
+
+    def __init__(self, alpha):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, c, s):
+        from _plain_norms import adaptive_instance_normalization
+        feat = adaptive_instance_normalization(c, s)
+        return feat * self.alpha + c * (1 - self.alpha)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_adain_alpha_blend_fused(library, dynamo):
+    _, args, reference, _ = make_case("adain")
+    model = export(_AdaINAlpha(0.6).eval(), args, dynamo, 18)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::AdaIN": 1}), (ops(out), reasons(run))
+    assert [a.rule for a in run.applied] == ["fuse-adain", "fuse-adain-alpha"]
+    node = next(n for n in out.graph.node if n.domain == "normexport")
+    assert helper.get_attribute_value(next(a for a in node.attribute if a.name == "alpha")) == pytest.approx(0.6)
+    c = args[0].numpy().astype(np.float64)
+    ref = 0.6 * reference(*[a.numpy() for a in args]) + 0.4 * c
+    feeds = {i.name: a.numpy() for i, a in zip(model.graph.input, args)}
+    for path, y in run_both(out, feeds).items():
+        assert_close(y, ref, f"adain alpha 0.6 {'dynamo' if dynamo else 'torchscript'} {path}")
+
+
+def test_adain_alpha_weights_not_summing_to_one_refused():
+    class Blend(torch.nn.Module):
+        def forward(self, c, s):
+            from _plain_norms import adaptive_instance_normalization
+            return adaptive_instance_normalization(c, s) * 0.6 + c * 0.5
+    _, args, _, _ = make_case("adain")
+    out, run = fuse(export(Blend().eval(), args, False, 18))
+    assert ops(out)["normexport::AdaIN"] == 1 and ops(out)["Mul"] == 2
+    assert any("weights 0.6 and 0.5 do not sum to 1" in r for r in reasons(run, "fuse-adain-alpha")), reasons(run, "fuse-adain-alpha")

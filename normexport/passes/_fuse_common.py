@@ -208,13 +208,14 @@ def const_tail(ctx: Context, y: gs.Tensor, rank: int, c: int, what: str, ops: tu
     return nodes, found
 
 
-def emit(ctx: Context, m: Match, op_type: str, inputs: list, attrs: dict) -> list[gs.Node]:
-    """One ``normexport::<op_type>`` node named ``<anchor name>/<op_type>`` that takes over the
-    output tensor of the last matched node."""
+def emit(ctx: Context, m: Match, op_type: str, inputs: list, attrs: dict, name: str | None = None
+         ) -> list[gs.Node]:
+    """One ``normexport::<op_type>`` node named ``<anchor name>/<op_type>`` (or ``name``) that
+    takes over the output tensor of the last matched node."""
     out = m.nodes[-1].outputs[0]
     anchor = m.anchor
-    want = f"{anchor.name or anchor.op}/{op_type}"
-    name = want if want not in ctx._names else ctx.fresh(want)
+    want = name or f"{anchor.name or anchor.op}/{op_type}"
+    name = want if name or want not in ctx._names else ctx.fresh(want)
     ctx._names.add(name)
     m.nodes[-1].outputs.clear()          # hand the output tensor over to the new node
     node = ctx.node(op_type, inputs, [out], name=name, domain=DOMAIN, attrs=attrs, origin=m.nodes[-1])

@@ -28,6 +28,11 @@ not cancel (the result is scaled by sqrt(S_s (S_c - 1) / (S_c (S_s - 1)))), whic
 cannot express: NoMatch with the reason, as for S = 1 (unbiased variance undefined), a
 spatial size that is not static (needed for the conversion), different eps or corrections
 for content and style, and anything shared with other nodes.
+
+Pattern ``fuse-adain-alpha`` (naoto0804 ``test.py``: ``feat * alpha + content_f * (1 - alpha)``)
+on the fused node: ``Add(Mul(AdaIN(c, s), alpha), Mul(c, 1 - alpha))`` with scalar constants
+summing to 1 (to float32 rounding of ``1 - alpha``) and alpha in [0, 1] -> the node's ``alpha``
+attribute (the contract's ``alpha * A + (1 - alpha) * content``).
 """
 
 from __future__ import annotations
@@ -289,4 +294,47 @@ class FuseAdaIN(Rule):
         return emit(ctx, m, OP, [m.content, m.style], {"epsilon": float(m.eps), "alpha": 1.0})
 
 
-RULES = (FuseAdaIN(),)
+class FuseAdaINAlpha(Rule):
+    name = "fuse-adain-alpha"
+    summary = ("normexport::AdaIN(c, s) * alpha + c * (1 - alpha) (the content-style trade-off) "
+               "-> normexport::AdaIN(alpha)")
+    anchors = ("normexport::AdaIN",)
+
+    def match(self, ctx: Context, node: gs.Node):
+        alpha0 = float(node.attrs.get("alpha", 1.0))
+        if alpha0 != 1.0:
+            return NoMatch(f"{nname(node)} already has alpha {alpha0:g}")
+        content, y = node.inputs[0], node.outputs[0]
+        if ctx.is_graph_output(y) or len(ctx.consumers(y)) != 1 or not is_op(ctx.consumers(y)[0], "Mul"):
+            return NoMatch(f"the output of {nname(node)} does not feed one Mul (no alpha blend)")
+        mul_a = ctx.consumers(y)[0]
+        a = ctx.scalar(other(mul_a, y))
+        if a is None:
+            return NoMatch(f"{nname(mul_a)} does not scale by a scalar constant alpha")
+        z = mul_a.outputs[0]
+        if ctx.is_graph_output(z) or len(ctx.consumers(z)) != 1 or not is_op(ctx.consumers(z)[0], "Add"):
+            return NoMatch(f"alpha * AdaIN ({nname(mul_a)}) does not feed one Add")
+        add = ctx.consumers(z)[0]
+        mul_b = ctx.producer(other(add, z))
+        if not is_op(mul_b, "Mul") or content not in mul_b.inputs:
+            return NoMatch(f"{nname(add)} does not add (1 - alpha) * content")
+        b = ctx.scalar(other(mul_b, content))
+        if b is None:
+            return NoMatch(f"{nname(mul_b)} does not scale the content by a scalar constant")
+        if ctx.is_graph_output(mul_b.outputs[0]) or len(ctx.consumers(mul_b.outputs[0])) != 1:
+            return NoMatch(f"'{tname(mul_b.outputs[0])}' is used outside the blend")
+        # float32 constants: 1 - alpha rounded once (|a + b - 1| within a few float32 ulps)
+        if abs(a + b - 1.0) > 4e-7:
+            return NoMatch(f"weights {a:g} and {b:g} do not sum to 1 (not alpha * AdaIN + (1 - alpha) * content)")
+        if not 0.0 <= a <= 1.0:
+            return NoMatch(f"alpha {a:g} outside [0, 1] (the op's range)")
+        return Match([node, mul_a, mul_b, add], anchor=node, alpha=a)
+
+    def rewrite(self, ctx: Context, m: Match):
+        node = m.anchor
+        attrs = dict(node.attrs)
+        attrs["alpha"] = float(m.alpha)
+        return emit(ctx, m, OP, list(node.inputs), attrs, name=f"{node.name}_alpha")
+
+
+RULES = (FuseAdaIN(), FuseAdaINAlpha())
