@@ -11,9 +11,13 @@
 
 #include "adain/adain_core.h"
 #include "filter_response_norm/frn_core.h"
+#include "group_norm/gn_core.h"
 #include "positional_norm/pono_core.h"
+#include "spade/spade_core.h"
+#include "switchable_norm/sn_core.h"
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_stream.h"
 
 using normexport::half;
 
@@ -255,6 +259,112 @@ static void TestNaN() {
   for (float v : y) EXPECT(std::isnan(v), "NaN in x must give NaN (through nu2) even with a large tau");
 }
 
+// ---- streaming stores (normexport/cpu_stream.h) ----
+
+// Store: every (destination misalignment, length) copies exactly and touches nothing else.
+static void TestStreamStore() {
+  std::vector<unsigned char> src(4096 + 64), dst(4096 + 128);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<unsigned char>(i * 37 + 11);
+  for (size_t mis = 0; mis < 16; ++mis) {
+    for (size_t len : {size_t{0}, size_t{1}, size_t{3}, size_t{15}, size_t{16}, size_t{17}, size_t{63}, size_t{64},
+                       size_t{65}, size_t{100}, size_t{1000}, size_t{4096}}) {
+      std::fill(dst.begin(), dst.end(), 0xA5);
+      unsigned char* d = dst.data() + 32 + mis;
+      normexport::stream::StoreBytes(d, src.data() + mis, len);
+      normexport::stream::Fence();
+      bool ok = std::memcmp(d, src.data() + mis, len) == 0;
+      for (unsigned char* q = dst.data(); q < d; ++q) ok = ok && *q == 0xA5;
+      for (unsigned char* q = d + len; q < dst.data() + dst.size(); ++q) ok = ok && *q == 0xA5;
+      EXPECT(ok, "StoreBytes misalignment %zu length %zu", mis, len);
+    }
+  }
+  using normexport::stream::ParseThreshold;
+  EXPECT(ParseThreshold(nullptr) == -1 && ParseThreshold("") == -1, "unset threshold");
+  EXPECT(ParseThreshold("0") == 0 && ParseThreshold("268435456") == 268435456, "threshold values");
+  EXPECT(ParseThreshold("-1") == -1 && ParseThreshold("12x") == -1 && ParseThreshold("x") == -1, "bad thresholds");
+  EXPECT(normexport::stream::DefaultThresholdBytes() > 0, "default threshold");
+}
+
+template <typename T>
+static bool SameBits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// Every op core gives bit-identical outputs with and without streaming stores (odd sizes: the
+// unaligned heads and tails; sub-ranges starting inside planes).
+template <typename T>
+static void TestStreamingCores() {
+  const char* tn = TypeName(sizeof(T));
+  const int64_t N = 2, C = 6, S = 1237, total = N * C * S;
+  const std::vector<T> x = RandomTensor<T>(total, 21, 0.5f, 2.0f);
+  const std::vector<T> g = RandomTensor<T>(total, 22, 0.0f, 0.3f), b = RandomTensor<T>(total, 23, 0.0f, 0.3f);
+  std::vector<T> pc = RandomTensor<T>(C, 24, 1.0f, 0.3f), pb = RandomTensor<T>(C, 25, 0.0f, 0.3f);
+  std::vector<T> pv = RandomTensor<T>(C, 26, 3.0f, 0.5f);
+  std::vector<T> y0(total), y1(total);
+  auto both = [&](const char* what, auto run) {
+    std::fill(y0.begin(), y0.end(), FromFloat<T>(0.0f));
+    std::fill(y1.begin(), y1.end(), FromFloat<T>(0.0f));
+    run(y0.data(), false);
+    run(y1.data(), true);
+    normexport::stream::Fence();
+    EXPECT(SameBits(y0, y1), "%s %s: streaming stores change the output", what, tn);
+  };
+  namespace gn = normexport::gn;
+  for (int act : {0, 1, 2}) {
+    both("GroupNorm groups", [&](T* y, bool nt) {
+      gn::group_norm_groups<T>(x.data(), y, pc.data(), pb.data(), C, S, 3, {0, N * 3}, 1e-5f, act, nt);
+    });
+    both("GroupNorm range", [&](T* y, bool nt) {  // split group: two ranges, one starting mid-channel
+      const int64_t m = 2 * S;
+      for (int64_t grp = 0; grp < N * 3; ++grp) {
+        const gn::Moments mom = gn::moments<T>(x.data() + grp * m, m);
+        gn::normalize_range<T>(x.data() + grp * m, y + grp * m, 0, 777, S, pc.data(), pb.data(), (grp % 3) * 2, mom,
+                               1e-5f, act, nt);
+        gn::normalize_range<T>(x.data() + grp * m, y + grp * m, 777, m, S, pc.data(), pb.data(), (grp % 3) * 2, mom,
+                               1e-5f, act, nt);
+      }
+    });
+  }
+  for (bool tlu : {false, true}) {
+    both("FilterResponseNorm", [&](T* y, bool nt) {
+      normexport::frn::filter_response_norm_planes<T>(x.data(), y, pc.data(), pb.data(), pv.data(), C, S,
+                                                      {0, N * C}, 1e-6f, tlu, nt);
+    });
+  }
+  both("AdaIN", [&](T* y, bool nt) {
+    normexport::adain::adain_planes<T>(x.data(), g.data(), y, S, S, {0, N * C}, 1e-5f, 0.7f, nt);
+  });
+  for (int mode : {0, 1}) {
+    both(mode ? "SPADE instance" : "SPADE batch", [&](T* y, bool nt) {
+      normexport::spade::Tensors<T> t{x.data(), g.data(), b.data(), pb.data(), pv.data(), y, C, S, 1e-5f};
+      t.nt = nt;
+      if (mode == 0) {
+        normexport::spade::spade_batch_elements<T>(t, 0, 5001);
+        normexport::spade::spade_batch_elements<T>(t, 5001, total);
+      } else {
+        normexport::spade::spade_instance_planes<T>(t, 0, N * C);
+      }
+    });
+  }
+  both("SwitchableNorm apply", [&](T* y, bool nt) {
+    std::vector<double> st(2 * N * C);
+    for (int64_t p = 0; p < N * C; ++p) {
+      st[p] = 0.3 + 0.01 * static_cast<double>(p);
+      st[N * C + p] = 1.7 - 0.02 * static_cast<double>(p);
+    }
+    normexport::switchable_norm::Tensors<T> t{x.data(), pc.data(), pb.data(), pb.data(), pv.data(), y, C, S, 1e-5f,
+                                              {}, {}, st.data(), st.data() + N * C};
+    t.nt = nt;
+    normexport::switchable_norm::apply_planes<T>(t, 0, N * C);
+  });
+  both("PositionalNorm", [&](T* y, bool nt) {
+    std::vector<T> mean(N * S), sd(N * S);
+    const int64_t block = normexport::pono::BlockSize(C), per = (S + block - 1) / block;
+    normexport::pono::pono_blocks<T>(x.data(), y, mean.data(), sd.data(), C, S, block, per, 0, N * per, 1e-5f, true,
+                                     nt);
+  });
+}
+
 int main() {
   TestHalfRoundTrip();
   TestHalfRounding();
@@ -284,6 +394,10 @@ int main() {
   }
   TestPonoCore<float>(1, 64, 2048, true, 1e3f, 1e-2f, 2e-5);       // large mean, small spread
   TestNaN();
+  TestStreamStore();
+  TestStreamingCores<float>();
+  TestStreamingCores<half>();
+  TestStreamingCores<double>();
   if (g_failures) {
     std::printf("%d failures\n", g_failures);
     return 1;

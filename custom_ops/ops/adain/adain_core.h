@@ -23,6 +23,7 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace adain {
@@ -197,21 +198,25 @@ inline PlaneCoeffs<C> coeffs(const Moments& mx, const Moments& mz, float eps, fl
   return {hi, lo, static_cast<C>(a), static_cast<C>(b)};
 }
 
+// nt: streaming stores through a tile (normexport/cpu_stream.h).
 template <typename C>
-inline void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha) noexcept {
+inline void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha,
+                          bool nt) noexcept {
   const PlaneCoeffs<C> k = coeffs<C>(moments(x, sx), moments(z, sz), eps, alpha);
-  apply<C>(x, y, sx, k.m_hi, k.m_lo, k.a, k.b);
+  stream::WriteTiled(y, sx, nt, [&](C* out, int64_t off, int64_t len) {
+    apply<C>(x + off, out, len, k.m_hi, k.m_lo, k.a, k.b);
+  });
 }
 
-inline void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, half* y, float eps,
-                          float alpha) noexcept {
+inline void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, half* y, float eps, float alpha,
+                          bool nt) noexcept {
   const PlaneCoeffs<float> k = coeffs<float>(moments(x, sx), moments(z, sz), eps, alpha);
   float buf[kChunk];
   for (int64_t off = 0; off < sx; off += kChunk) {
     const int64_t len = (sx - off < kChunk) ? sx - off : kChunk;
     half_to_float_n(x + off, buf, static_cast<size_t>(len));
     apply<float>(buf, buf, len, k.m_hi, k.m_lo, k.a, k.b);
-    float_to_half_n(buf, y + off, static_cast<size_t>(len));
+    stream::FloatToHalf(buf, y + off, len, nt);
   }
 }
 
@@ -219,14 +224,15 @@ inline void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, 
 
 // Processes planes [range.begin, range.end) of contiguous content (P, sx) and
 // style (P, sz) tensors into y (P, sx). T: float, normexport::half (float math)
-// or double. Never throws.
+// or double. nt: streaming stores (the caller issues stream::Fence() at the end of its task).
+// Never throws.
 template <typename T>
 void adain_planes(const T* content, const T* style, T* y, int64_t content_plane, int64_t style_plane,
-                  PlaneRange range, float eps, float alpha) noexcept {
+                  PlaneRange range, float eps, float alpha, bool nt = false) noexcept {
   if (content_plane <= 0) return;
   for (int64_t p = range.begin; p < range.end; ++p) {
     detail::process_plane(content + p * content_plane, content_plane, style + p * style_plane, style_plane,
-                          y + p * content_plane, eps, alpha);
+                          y + p * content_plane, eps, alpha, nt);
   }
 }
 

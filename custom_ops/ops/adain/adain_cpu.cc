@@ -1,10 +1,12 @@
 // CPU execution-provider wrapper of normexport::AdaIN.
-// Splits the N*C planes into tasks run on ORT's intra-op thread pool.
+// Splits the N*C planes into tasks run on ORT's intra-op thread pool; outputs of at least
+// stream::ThresholdBytes() are written with streaming stores (normexport/cpu_stream.h).
 #include <algorithm>
 #include <cstdint>
 
 #include "adain/adain_core.h"
 #include "adain/adain_op.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace adain {
@@ -21,11 +23,13 @@ struct CpuJob {
   T* y;
   int64_t content_plane, style_plane, num_planes, planes_per_task;
   float eps, alpha;
+  bool nt;
 
   void Run(int64_t task) const noexcept {
     const int64_t begin = task * planes_per_task;
     const int64_t end = std::min(num_planes, begin + planes_per_task);
-    if (begin < end) adain_planes<T>(content, style, y, content_plane, style_plane, {begin, end}, eps, alpha);
+    if (begin < end) adain_planes<T>(content, style, y, content_plane, style_plane, {begin, end}, eps, alpha, nt);
+    if (nt) stream::Fence();
   }
   static void RunTask(void* job, size_t task) { static_cast<const CpuJob*>(job)->Run(static_cast<int64_t>(task)); }
 };
@@ -49,7 +53,8 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     num_tasks = (p.num_planes + planes_per_task - 1) / planes_per_task;
 
     CpuJob<T> job{static_cast<const T*>(p.content), static_cast<const T*>(p.style), static_cast<T*>(p.y),
-                  p.content_plane, p.style_plane, p.num_planes, planes_per_task, a.eps, a.alpha};
+                  p.content_plane, p.style_plane, p.num_planes, planes_per_task, a.eps, a.alpha,
+                  stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)))};
     if (num_tasks == 1) {
       job.Run(0);
     } else {

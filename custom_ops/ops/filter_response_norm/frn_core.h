@@ -22,6 +22,7 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace frn {
@@ -111,24 +112,28 @@ inline ChannelParams<C> channel_params(const T* gamma, const T* beta, const T* t
   }
 }
 
-// float and double: both passes straight on the tensor memory.
+// float and double: both passes straight on the tensor memory (nt: streaming stores through a
+// tile, normexport/cpu_stream.h).
 template <typename C>
-inline void process_plane(const C* x, C* y, int64_t n, const ChannelParams<C>& p, float eps, bool tlu) noexcept {
+inline void process_plane(const C* x, C* y, int64_t n, const ChannelParams<C>& p, float eps, bool tlu,
+                          bool nt = false) noexcept {
   const C scale = plane_scale<C>(sum_squares(x, n), n, p.gamma, eps);
-  affine_tlu<C>(x, y, n, scale, p.beta, tlu, p.tau);
+  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
+    affine_tlu<C>(x + off, out, len, scale, p.beta, tlu, p.tau);
+  });
 }
 
 // float16: convert chunks to float on the stack. Planes that fit in one chunk
 // are converted once and reused for both passes.
 inline void process_plane(const half* x, half* y, int64_t n, const ChannelParams<float>& p, float eps,
-                          bool tlu) noexcept {
+                          bool tlu, bool nt = false) noexcept {
   constexpr int64_t kChunk = 2048;
   float buf[kChunk];
   if (n <= kChunk) {
     half_to_float_n(x, buf, static_cast<size_t>(n));
     const float scale = plane_scale<float>(sum_squares(buf, n), n, p.gamma, eps);
     affine_tlu<float>(buf, buf, n, scale, p.beta, tlu, p.tau);
-    float_to_half_n(buf, y, static_cast<size_t>(n));
+    stream::FloatToHalf(buf, y, n, nt);
     return;
   }
   double sum_sq = 0.0;
@@ -142,7 +147,7 @@ inline void process_plane(const half* x, half* y, int64_t n, const ChannelParams
     const int64_t len = (n - off < kChunk) ? n - off : kChunk;
     half_to_float_n(x + off, buf, static_cast<size_t>(len));
     affine_tlu<float>(buf, buf, len, scale, p.beta, tlu, p.tau);
-    float_to_half_n(buf, y + off, static_cast<size_t>(len));
+    stream::FloatToHalf(buf, y + off, len, nt);
   }
 }
 
@@ -150,17 +155,18 @@ inline void process_plane(const half* x, half* y, int64_t n, const ChannelParams
 
 // Processes planes [range.begin, range.end) of a contiguous (N, C, plane_size)
 // tensor. gamma/beta/tau hold C values (tau is not read when tlu is false).
-// T is float, normexport::half (computed in float) or double. Never throws.
+// T is float, normexport::half (computed in float) or double. nt: streaming stores (the caller
+// issues stream::Fence() at the end of its task). Never throws.
 template <typename T>
 void filter_response_norm_planes(const T* x, T* y, const T* gamma, const T* beta, const T* tau,
                                  int64_t channels, int64_t plane_size, PlaneRange range, float eps,
-                                 bool tlu) noexcept {
+                                 bool tlu, bool nt = false) noexcept {
   if (plane_size <= 0 || channels <= 0) return;
   for (int64_t plane = range.begin; plane < range.end; ++plane) {
     const int64_t c = plane % channels;
     const int64_t offset = plane * plane_size;
     detail::process_plane(x + offset, y + offset, plane_size, detail::channel_params(gamma, beta, tau, c, tlu),
-                          eps, tlu);
+                          eps, tlu, nt);
   }
 }
 

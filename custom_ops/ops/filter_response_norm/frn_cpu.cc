@@ -1,10 +1,13 @@
 // CPU execution-provider wrapper of normexport::FilterResponseNorm.
-// Splits the N*C planes into tasks run on ORT's intra-op thread pool.
+// Splits the N*C planes into tasks run on ORT's intra-op thread pool. Each plane is read twice
+// back to back (the second read hits cache); outputs of at least stream::ThresholdBytes() are
+// written with streaming stores (normexport/cpu_stream.h).
 #include <algorithm>
 #include <cstdint>
 
 #include "filter_response_norm/frn_core.h"
 #include "filter_response_norm/frn_op.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace frn {
@@ -24,12 +27,13 @@ struct CpuJob {
   const T* tau;
   int64_t C, plane_size, num_planes, planes_per_task;
   float eps;
-  bool tlu;
+  bool tlu, nt;
 
   void Run(int64_t task) const noexcept {
     const int64_t begin = task * planes_per_task;
     const int64_t end = std::min(num_planes, begin + planes_per_task);
-    if (begin < end) filter_response_norm_planes<T>(x, y, gamma, beta, tau, C, plane_size, {begin, end}, eps, tlu);
+    if (begin < end) filter_response_norm_planes<T>(x, y, gamma, beta, tau, C, plane_size, {begin, end}, eps, tlu, nt);
+    if (nt) stream::Fence();
   }
   static void RunTask(void* job, size_t task) { static_cast<const CpuJob*>(job)->Run(static_cast<int64_t>(task)); }
 };
@@ -52,7 +56,8 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 
     CpuJob<T> job{static_cast<const T*>(p.x), static_cast<T*>(p.y), static_cast<const T*>(p.gamma),
                   static_cast<const T*>(p.beta), static_cast<const T*>(p.tau), p.C, p.plane_size,
-                  p.num_planes, planes_per_task, a.eps, a.tlu};
+                  p.num_planes, planes_per_task, a.eps, a.tlu,
+                  stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)))};
     if (num_tasks == 1) {
       job.Run(0);
     } else {

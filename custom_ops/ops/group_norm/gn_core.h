@@ -34,6 +34,7 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_stream.h"
 
 // The hot functions are force-inlined so that gn_cpu.cc can compile them a second time
 // inside AVX2-targeted wrappers (run-time dispatch; the library targets baseline x86-64).
@@ -290,10 +291,24 @@ inline ChannelAffine<C> channel_affine(T scale, T bias, double mean, double rstd
   return {m, static_cast<C>(a), static_cast<C>(bi - rem * a)};
 }
 
+// y = act((x - m) * a + b) over one channel segment. nt: streaming stores (through an
+// L1-resident tile, normexport/cpu_stream.h) for outputs much larger than the cache.
 template <typename T>
 NX_GN_INLINE void apply_segment(const T* x, T* y, int64_t n, const ChannelAffine<typename compute_type<T>::type>& p,
-                          int act) noexcept {
+                                int act, bool nt = false) noexcept {
   if constexpr (std::is_same<T, half>::value) {
+    if (nt) {
+      float buf[stream::kTile];
+      half hbuf[stream::kTile];
+      for (int64_t off = 0; off < n; off += stream::kTile) {
+        const int64_t len = std::min(stream::kTile, n - off);
+        half_to_float_n(x + off, buf, static_cast<size_t>(len));
+        shift_scale_act<float>(buf, buf, len, p.m, p.a, p.b, act);
+        float_to_half_n(buf, hbuf, static_cast<size_t>(len));
+        stream::Store(y + off, hbuf, len);
+      }
+      return;
+    }
     float buf[kHalfChunk];
     for (int64_t off = 0; off < n; off += kHalfChunk) {
       const int64_t len = std::min(kHalfChunk, n - off);
@@ -302,7 +317,30 @@ NX_GN_INLINE void apply_segment(const T* x, T* y, int64_t n, const ChannelAffine
       float_to_half_n(buf, y + off, static_cast<size_t>(len));
     }
   } else {
-    shift_scale_act(x, y, n, p.m, p.a, p.b, act);
+    if (!nt) {
+      shift_scale_act(x, y, n, p.m, p.a, p.b, act);
+      return;
+    }
+    T tile[stream::kTile];
+    for (int64_t off = 0; off < n; off += stream::kTile) {
+      const int64_t len = std::min(stream::kTile, n - off);
+      shift_scale_act(x + off, tile, len, p.m, p.a, p.b, act);
+      stream::Store(y + off, tile, len);
+    }
+  }
+}
+
+// float -> half of n values into y, streamed when nt.
+NX_GN_INLINE void store_half(const float* buf, half* y, int64_t n, bool nt) noexcept {
+  if (!nt) {
+    float_to_half_n(buf, y, static_cast<size_t>(n));
+    return;
+  }
+  half hbuf[stream::kTile];
+  for (int64_t off = 0; off < n; off += stream::kTile) {
+    const int64_t len = std::min(stream::kTile, n - off);
+    float_to_half_n(buf + off, hbuf, static_cast<size_t>(len));
+    stream::Store(y + off, hbuf, len);
   }
 }
 
@@ -358,14 +396,15 @@ NX_GN_INLINE Moments moments(const T* x, int64_t n) noexcept {
 // scale/bias) of the group's first channel; spatial: elements per channel.
 template <typename T>
 NX_GN_INLINE void normalize_range(const T* xg, T* yg, int64_t begin, int64_t end, int64_t spatial, const T* scale,
-                     const T* bias, int64_t channel0, const Moments& mom, float eps, int act) noexcept {
+                     const T* bias, int64_t channel0, const Moments& mom, float eps, int act,
+                     bool nt = false) noexcept {
   const double rstd = detail::rstd_of(mom, eps);
   int64_t i = begin;
   while (i < end) {
     const int64_t cl = i / spatial;
     const int64_t seg_end = std::min(end, (cl + 1) * spatial);
     const auto p = detail::channel_affine<T>(scale[channel0 + cl], bias[channel0 + cl], mom.mean, rstd);
-    detail::apply_segment<T>(xg + i, yg + i, seg_end - i, p, act);
+    detail::apply_segment<T>(xg + i, yg + i, seg_end - i, p, act, nt);
     i = seg_end;
   }
 }
@@ -379,7 +418,7 @@ struct GroupRange {
 // `groups` groups (C % groups == 0). T: float, half (computed in float) or double.
 template <typename T>
 NX_GN_INLINE void group_norm_groups(const T* x, T* y, const T* scale, const T* bias, int64_t channels, int64_t spatial,
-                       int64_t groups, GroupRange range, float eps, int act) noexcept {
+                       int64_t groups, GroupRange range, float eps, int act, bool nt = false) noexcept {
   if (channels <= 0 || spatial <= 0 || groups <= 0) return;
   const int64_t cpg = channels / groups;
   const int64_t m = cpg * spatial;
@@ -398,7 +437,7 @@ NX_GN_INLINE void group_norm_groups(const T* x, T* y, const T* scale, const T* b
           float* seg = buf + cl * spatial;
           detail::shift_scale_act<float>(seg, seg, spatial, p.m, p.a, p.b, act);
         }
-        float_to_half_n(buf, yg, static_cast<size_t>(m));
+        detail::store_half(buf, yg, m, nt);
         continue;
       }
     }
@@ -406,7 +445,7 @@ NX_GN_INLINE void group_norm_groups(const T* x, T* y, const T* scale, const T* b
     const double rstd = detail::rstd_of(mom, eps);
     for (int64_t cl = 0; cl < cpg; ++cl) {  // channel by channel: no index division
       const auto p = detail::channel_affine<T>(scale[channel0 + cl], bias[channel0 + cl], mom.mean, rstd);
-      detail::apply_segment<T>(xg + cl * spatial, yg + cl * spatial, spatial, p, act);
+      detail::apply_segment<T>(xg + cl * spatial, yg + cl * spatial, spatial, p, act, nt);
     }
   }
 }

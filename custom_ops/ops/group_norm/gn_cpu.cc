@@ -4,10 +4,15 @@
 //
 // * Groups of at most kMaxGroupPerTask elements (the common case): tasks of whole groups,
 //   each group read from memory once (the statistics and normalize passes hit cache).
-// * Larger groups: chunks of kChunk elements. Phase 1 computes every chunk's moments
-//   (two-pass, chunk hot) in parallel; they are combined per group in a fixed order (Chan);
-//   phase 2 normalizes the chunks in parallel.
-// The core runs compiled for AVX2 when the CPU has it (chosen once), else for baseline x86-64.
+// * Larger groups: chunks of kChunk elements, in waves of whole groups of about kWaveBytes
+//   (at least one group). Per wave, phase 1 computes every chunk's moments (two-pass, chunk
+//   hot) in parallel; they are combined per group in a fixed order (Chan); phase 2 normalizes
+//   the wave's chunks in parallel while the wave is still in the last-level cache, so X is
+//   read from memory once. Both threads work inside one group (batch 1 balances).
+// * Outputs of at least stream::ThresholdBytes() (normexport/cpu_stream.h, the LLC size by
+//   default) are written with streaming stores.
+// The core runs compiled for AVX2 + FMA when the CPU has them (chosen once), else for baseline
+// x86-64 (the library is built with -ffp-contract=fast: a * b + c fuses where FMA exists).
 //
 // -fno-trapping-math for this file only (it changes no result, it lets GCC if-convert the
 // selects of the SiLU's clamp so that loop vectorizes: ~3x faster activation 2).
@@ -21,6 +26,7 @@
 
 #include "group_norm/gn_core.h"
 #include "group_norm/gn_op.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace gn {
@@ -34,20 +40,22 @@ constexpr int64_t kMaxTasks = 1024;
 constexpr int64_t kMaxGroupPerTask = int64_t{1} << 16;
 // Chunk of a split group.
 constexpr int64_t kChunk = int64_t{1} << 15;
+// Bytes of X per wave of split groups (the wave stays in the LLC between its two phases).
+constexpr int64_t kWaveBytes = int64_t{16} << 20;
 
 // ---- run-time ISA dispatch: the core compiled for baseline x86-64 and again for AVX2 ----
 template <typename T>
 struct CoreFns {
-  void (*groups)(const T*, T*, const T*, const T*, int64_t, int64_t, int64_t, GroupRange, float, int) noexcept;
+  void (*groups)(const T*, T*, const T*, const T*, int64_t, int64_t, int64_t, GroupRange, float, int, bool) noexcept;
   Moments (*moments)(const T*, int64_t) noexcept;
   void (*normalize)(const T*, T*, int64_t, int64_t, int64_t, const T*, const T*, int64_t, const Moments&, float,
-                    int) noexcept;
+                    int, bool) noexcept;
 };
 
 template <typename T>
 void GroupsBase(const T* x, T* y, const T* s, const T* b, int64_t c, int64_t sp, int64_t g, GroupRange r, float eps,
-                int act) noexcept {
-  group_norm_groups<T>(x, y, s, b, c, sp, g, r, eps, act);
+                int act, bool nt) noexcept {
+  group_norm_groups<T>(x, y, s, b, c, sp, g, r, eps, act, nt);
 }
 template <typename T>
 Moments MomentsBase(const T* x, int64_t n) noexcept {
@@ -55,16 +63,16 @@ Moments MomentsBase(const T* x, int64_t n) noexcept {
 }
 template <typename T>
 void NormalizeBase(const T* xg, T* yg, int64_t begin, int64_t end, int64_t sp, const T* s, const T* b, int64_t c0,
-                   const Moments& m, float eps, int act) noexcept {
-  normalize_range<T>(xg, yg, begin, end, sp, s, b, c0, m, eps, act);
+                   const Moments& m, float eps, int act, bool nt) noexcept {
+  normalize_range<T>(xg, yg, begin, end, sp, s, b, c0, m, eps, act, nt);
 }
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
-#define NX_GN_AVX2 __attribute__((target("avx2")))
+#define NX_GN_AVX2 __attribute__((target("avx2,fma")))
 template <typename T>
 NX_GN_AVX2 void GroupsAvx2(const T* x, T* y, const T* s, const T* b, int64_t c, int64_t sp, int64_t g, GroupRange r,
-                           float eps, int act) noexcept {
-  group_norm_groups<T>(x, y, s, b, c, sp, g, r, eps, act);
+                           float eps, int act, bool nt) noexcept {
+  group_norm_groups<T>(x, y, s, b, c, sp, g, r, eps, act, nt);
 }
 template <typename T>
 NX_GN_AVX2 Moments MomentsAvx2(const T* x, int64_t n) noexcept {
@@ -72,13 +80,13 @@ NX_GN_AVX2 Moments MomentsAvx2(const T* x, int64_t n) noexcept {
 }
 template <typename T>
 NX_GN_AVX2 void NormalizeAvx2(const T* xg, T* yg, int64_t begin, int64_t end, int64_t sp, const T* s, const T* b,
-                              int64_t c0, const Moments& m, float eps, int act) noexcept {
-  normalize_range<T>(xg, yg, begin, end, sp, s, b, c0, m, eps, act);
+                              int64_t c0, const Moments& m, float eps, int act, bool nt) noexcept {
+  normalize_range<T>(xg, yg, begin, end, sp, s, b, c0, m, eps, act, nt);
 }
 inline bool CpuHasAvx2() noexcept {
   static const bool has = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
   return has;
 }
@@ -101,12 +109,14 @@ struct WholeGroupsJob {
   int64_t C, spatial, G, num_groups_total, groups_per_task;
   float eps;
   int act;
+  bool nt;
   CoreFns<T> fns;
 
   void Run(int64_t task) const noexcept {
     const int64_t begin = task * groups_per_task;
     const int64_t end = std::min(num_groups_total, begin + groups_per_task);
-    if (begin < end) fns.groups(x, y, scale, bias, C, spatial, G, {begin, end}, eps, act);
+    if (begin < end) fns.groups(x, y, scale, bias, C, spatial, G, {begin, end}, eps, act, nt);
+    if (nt) stream::Fence();
   }
   static void RunTask(void* job, size_t task) {
     static_cast<const WholeGroupsJob*>(job)->Run(static_cast<int64_t>(task));
@@ -122,11 +132,14 @@ struct SplitGroupsJob {
   int64_t spatial, G, cpg, group_size, chunks_per_group;
   float eps;
   int act;
+  bool nt;
   Moments* chunk_moments;       // phase 1 output, one per chunk
   const Moments* group_moments;  // phase 2 input, one per group
   CoreFns<T> fns;
+  int64_t first_chunk = 0;       // the wave's first chunk (tasks are numbered inside the wave)
 
   void Chunk(int64_t task, int64_t* grp, int64_t* begin, int64_t* end) const noexcept {
+    task += first_chunk;
     *grp = task / chunks_per_group;
     *begin = (task % chunks_per_group) * kChunk;
     *end = std::min(group_size, *begin + kChunk);
@@ -135,7 +148,8 @@ struct SplitGroupsJob {
     const auto* j = static_cast<const SplitGroupsJob*>(job);
     int64_t grp, begin, end;
     j->Chunk(static_cast<int64_t>(task), &grp, &begin, &end);
-    j->chunk_moments[task] = j->fns.moments(j->x + grp * j->group_size + begin, end - begin);
+    j->chunk_moments[static_cast<int64_t>(task) + j->first_chunk] =
+        j->fns.moments(j->x + grp * j->group_size + begin, end - begin);
   }
   static void Normalize(void* job, size_t task) {
     const auto* j = static_cast<const SplitGroupsJob*>(job);
@@ -143,7 +157,8 @@ struct SplitGroupsJob {
     j->Chunk(static_cast<int64_t>(task), &grp, &begin, &end);
     const int64_t offset = grp * j->group_size;
     j->fns.normalize(j->x + offset, j->y + offset, begin, end, j->spatial, j->scale, j->bias,
-                       (grp % j->G) * j->cpg, j->group_moments[grp], j->eps, j->act);
+                       (grp % j->G) * j->cpg, j->group_moments[grp], j->eps, j->act, j->nt);
+    if (j->nt) stream::Fence();
   }
 };
 
@@ -161,6 +176,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     T* y = static_cast<T*>(p.y);
     const T* scale = static_cast<const T*>(p.scale);
     const T* bias = static_cast<const T*>(p.bias);
+    const bool nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
 
     if (p.group_size <= kMaxGroupPerTask) {
       const int64_t min_groups = std::max<int64_t>(1, (kMinElementsPerTask + p.group_size - 1) / p.group_size);
@@ -169,7 +185,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
       const int64_t per_task = (p.num_groups_total + num_tasks - 1) / num_tasks;
       num_tasks = (p.num_groups_total + per_task - 1) / per_task;
       WholeGroupsJob<T> job{x, y, scale, bias, p.C, p.spatial, p.G, p.num_groups_total, per_task, a.eps,
-                            a.activation, Core<T>()};
+                            a.activation, nt, Core<T>()};
       if (num_tasks == 1) {
         job.Run(0);
       } else {
@@ -181,18 +197,25 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 
     const int64_t chunks_per_group = (p.group_size + kChunk - 1) / kChunk;
     const int64_t num_chunks = p.num_groups_total * chunks_per_group;
+    const int64_t groups_per_wave =
+        std::max<int64_t>(1, kWaveBytes / (p.group_size * static_cast<int64_t>(sizeof(T))));
     std::vector<Moments> chunk_moments(static_cast<size_t>(num_chunks));
     std::vector<Moments> group_moments(static_cast<size_t>(p.num_groups_total));
     SplitGroupsJob<T> job{x, y, scale, bias, p.spatial, p.G, p.C / p.G, p.group_size, chunks_per_group,
-                          a.eps, a.activation, chunk_moments.data(), group_moments.data(), Core<T>()};
-    kc.ParallelFor(&SplitGroupsJob<T>::Stats, static_cast<size_t>(num_chunks), static_cast<size_t>(num_chunks), &job);
-    for (int64_t g = 0; g < p.num_groups_total; ++g) {
-      Moments m = chunk_moments[static_cast<size_t>(g * chunks_per_group)];
-      for (int64_t k = 1; k < chunks_per_group; ++k) m = combine(m, chunk_moments[static_cast<size_t>(g * chunks_per_group + k)]);
-      group_moments[static_cast<size_t>(g)] = m;
+                          a.eps, a.activation, nt, chunk_moments.data(), group_moments.data(), Core<T>()};
+    for (int64_t g0 = 0; g0 < p.num_groups_total; g0 += groups_per_wave) {
+      const int64_t g1 = std::min(p.num_groups_total, g0 + groups_per_wave);
+      const size_t tasks = static_cast<size_t>((g1 - g0) * chunks_per_group);
+      job.first_chunk = g0 * chunks_per_group;
+      kc.ParallelFor(&SplitGroupsJob<T>::Stats, tasks, tasks, &job);
+      for (int64_t g = g0; g < g1; ++g) {
+        Moments m = chunk_moments[static_cast<size_t>(g * chunks_per_group)];
+        for (int64_t k = 1; k < chunks_per_group; ++k)
+          m = combine(m, chunk_moments[static_cast<size_t>(g * chunks_per_group + k)]);
+        group_moments[static_cast<size_t>(g)] = m;
+      }
+      kc.ParallelFor(&SplitGroupsJob<T>::Normalize, tasks, tasks, &job);
     }
-    kc.ParallelFor(&SplitGroupsJob<T>::Normalize, static_cast<size_t>(num_chunks), static_cast<size_t>(num_chunks),
-                   &job);
     return nullptr;
   });
 }

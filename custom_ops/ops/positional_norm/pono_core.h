@@ -26,6 +26,7 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace pono {
@@ -83,9 +84,10 @@ inline void store_stat(const double* v, T* dst, int64_t len, C* buf) noexcept {
 
 // Processes positions [p0, p0 + len) (len <= kMaxBlock) of sample n.
 // x, y: (N, C, S); mean, std_out: (N, S). T: float, half (float math) or double.
+// nt: Y rows written with streaming stores (the caller fences at the end of its task).
 template <typename T>
 void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t n,
-                int64_t p0, int64_t len, float eps, bool unbiased) noexcept {
+                int64_t p0, int64_t len, float eps, bool unbiased, bool nt = false) noexcept {
   using C = typename detail::compute_type<T>::type;
   double sum[kMaxBlock];
   double sq[kMaxBlock];
@@ -166,11 +168,12 @@ void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int
     if constexpr (std::is_same<T, half>::value) {
       half_to_float_n(xs + c * positions, buf, static_cast<size_t>(len));
       for (int64_t j = 0; j < len; ++j) buf[j] = ((buf[j] - m_hi[j]) - m_lo[j]) * inv[j];
-      float_to_half_n(buf, ys + c * positions, static_cast<size_t>(len));
+      stream::FloatToHalf(buf, ys + c * positions, len, nt);
     } else {
       const T* r = xs + c * positions;
-      T* o = ys + c * positions;
+      T* o = nt ? buf : ys + c * positions;
       for (int64_t j = 0; j < len; ++j) o[j] = ((r[j] - m_hi[j]) - m_lo[j]) * inv[j];
+      if (nt) stream::Store(ys + c * positions, buf, len);
     }
   }
 }
@@ -178,12 +181,13 @@ void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int
 // Block b of the (sample, block) grid: blocks_per_sample blocks of `block` positions per sample.
 template <typename T>
 void pono_blocks(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t block,
-                 int64_t blocks_per_sample, int64_t begin, int64_t end, float eps, bool unbiased) noexcept {
+                 int64_t blocks_per_sample, int64_t begin, int64_t end, float eps, bool unbiased,
+                 bool nt = false) noexcept {
   for (int64_t b = begin; b < end; ++b) {
     const int64_t n = b / blocks_per_sample;
     const int64_t p0 = (b % blocks_per_sample) * block;
     const int64_t len = (positions - p0 < block) ? positions - p0 : block;
-    pono_block<T>(x, y, mean_out, std_out, channels, positions, n, p0, len, eps, unbiased);
+    pono_block<T>(x, y, mean_out, std_out, channels, positions, n, p0, len, eps, unbiased, nt);
   }
 }
 

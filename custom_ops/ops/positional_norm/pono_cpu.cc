@@ -1,11 +1,13 @@
 // CPU execution-provider wrapper of normexport::PositionalNorm.
 // Splits the (sample, block of positions) grid into tasks run on ORT's intra-op
 // thread pool. Every position is computed the same way whatever the split, so
-// results do not depend on the thread count.
+// results do not depend on the thread count. Outputs of at least stream::ThresholdBytes() are
+// written with streaming stores (normexport/cpu_stream.h).
 #include <algorithm>
 #include <cstdint>
 
 #include "positional_norm/pono_core.h"
+#include "normexport/cpu_stream.h"
 #include "positional_norm/pono_op.h"
 
 namespace normexport {
@@ -23,13 +25,14 @@ struct CpuJob {
   T* std;
   int64_t C, positions, block, blocks_per_sample, num_blocks, blocks_per_task;
   float eps;
-  bool unbiased;
+  bool unbiased, nt;
 
   void Run(int64_t task) const noexcept {
     const int64_t begin = task * blocks_per_task;
     const int64_t end = std::min(num_blocks, begin + blocks_per_task);
     if (begin < end)
-      pono_blocks<T>(x, y, mean, std, C, positions, block, blocks_per_sample, begin, end, eps, unbiased);
+      pono_blocks<T>(x, y, mean, std, C, positions, block, blocks_per_sample, begin, end, eps, unbiased, nt);
+    if (nt) stream::Fence();
   }
   static void RunTask(void* job, size_t task) { static_cast<const CpuJob*>(job)->Run(static_cast<int64_t>(task)); }
 };
@@ -56,7 +59,8 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 
     CpuJob<T> job{static_cast<const T*>(p.x), static_cast<T*>(p.y), static_cast<T*>(p.mean),
                   static_cast<T*>(p.std), p.C, p.positions, block, blocks_per_sample, num_blocks,
-                  blocks_per_task, a.eps, a.unbiased};
+                  blocks_per_task, a.eps, a.unbiased,
+                  stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)))};
     if (num_tasks == 1) {
       job.Run(0);
     } else {

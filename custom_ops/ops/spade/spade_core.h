@@ -19,6 +19,7 @@
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
 #include "normexport/cpu_moments.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace spade {
@@ -38,14 +39,23 @@ inline Norm<C> make_norm(double mean, double var, float eps) noexcept {
 
 // y = ((x - hi) - lo) * inv * (1 + g) + b on n contiguous values of the compute type.
 template <typename C>
-inline void modulate(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p) noexcept {
+inline void modulate_values(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p) noexcept {
   for (int64_t i = 0; i < n; ++i) {
     const C xh = ((x[i] - p.hi) - p.lo) * p.inv;
     y[i] = xh * (C(1) + g[i]) + b[i];
   }
 }
 
-inline void modulate(const half* x, const half* g, const half* b, half* y, int64_t n, Norm<float> p) noexcept {
+// nt: streaming stores through a tile (normexport/cpu_stream.h).
+template <typename C>
+inline void modulate(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p, bool nt) noexcept {
+  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
+    modulate_values<C>(x + off, g + off, b + off, out, len, p);
+  });
+}
+
+inline void modulate(const half* x, const half* g, const half* b, half* y, int64_t n, Norm<float> p,
+                     bool nt) noexcept {
   constexpr int64_t kChunk = 1024;
   float bx[kChunk], bg[kChunk], bb[kChunk];
   for (int64_t off = 0; off < n; off += kChunk) {
@@ -53,8 +63,8 @@ inline void modulate(const half* x, const half* g, const half* b, half* y, int64
     half_to_float_n(x + off, bx, static_cast<size_t>(len));
     half_to_float_n(g + off, bg, static_cast<size_t>(len));
     half_to_float_n(b + off, bb, static_cast<size_t>(len));
-    modulate<float>(bx, bg, bb, bx, len, p);
-    float_to_half_n(bx, y + off, static_cast<size_t>(len));
+    modulate_values<float>(bx, bg, bb, bx, len, p);
+    stream::FloatToHalf(bx, y + off, len, nt);
   }
 }
 
@@ -70,6 +80,7 @@ struct Tensors {
   T* y;
   int64_t channels, plane_size;
   float eps;
+  bool nt = false;  // streaming stores (the caller fences at the end of each task)
 };
 
 // Mode 0 on the flat element range [begin, end). Never throws.
@@ -84,7 +95,7 @@ void spade_batch_elements(const Tensors<T>& t, int64_t begin, int64_t end) noexc
     const int64_t len = (t.plane_size - in_plane < end - pos) ? t.plane_size - in_plane : end - pos;
     const int64_t c = plane % t.channels;
     const auto p = detail::make_norm<C>(moments::load(t.running_mean[c]), moments::load(t.running_var[c]), t.eps);
-    detail::modulate(t.x + pos, t.gamma_map + pos, t.beta_map + pos, t.y + pos, len, p);
+    detail::modulate(t.x + pos, t.gamma_map + pos, t.beta_map + pos, t.y + pos, len, p, t.nt);
     pos += len;
   }
 }
@@ -98,7 +109,7 @@ void spade_instance_planes(const Tensors<T>& t, int64_t begin, int64_t end) noex
     const int64_t off = plane * t.plane_size;
     const moments::Moments m = moments::plane_moments(t.x + off, t.plane_size);
     detail::modulate(t.x + off, t.gamma_map + off, t.beta_map + off, t.y + off, t.plane_size,
-                     detail::make_norm<C>(m.mean, m.var, t.eps));
+                     detail::make_norm<C>(m.mean, m.var, t.eps), t.nt);
   }
 }
 

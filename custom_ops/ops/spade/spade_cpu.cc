@@ -1,8 +1,10 @@
 // CPU execution-provider wrapper of normexport::SPADE: mode 0 splits the flat
-// element range, mode 1 the N*C planes, across ORT's intra-op thread pool.
+// element range, mode 1 the N*C planes, across ORT's intra-op thread pool. Outputs of at least
+// stream::ThresholdBytes() are written with streaming stores (normexport/cpu_stream.h).
 #include <cstdint>
 
 #include "normexport/cpu_parallel.h"
+#include "normexport/cpu_stream.h"
 #include "spade/spade_core.h"
 #include "spade/spade_op.h"
 
@@ -16,7 +18,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     Problem p;
     if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
     if (p.num_elements == 0) return nullptr;  // empty tensor: empty output
-    const Tensors<T> t{static_cast<const T*>(p.x),
+    Tensors<T> t{static_cast<const T*>(p.x),
                        static_cast<const T*>(p.gamma_map),
                        static_cast<const T*>(p.beta_map),
                        static_cast<const T*>(p.running_mean),
@@ -25,12 +27,19 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
                        p.C,
                        p.plane_size,
                        a.eps};
+    t.nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
     if (a.mode == 0) {
       ParallelRanges(kc, p.num_elements, MinUnitsPerTask(1),
-                     [&t](int64_t begin, int64_t end) { spade_batch_elements<T>(t, begin, end); });
+                     [&t](int64_t begin, int64_t end) {
+                       spade_batch_elements<T>(t, begin, end);
+                       if (t.nt) stream::Fence();
+                     });
     } else {
       ParallelRanges(kc, p.num_planes, MinUnitsPerTask(p.plane_size),
-                     [&t](int64_t begin, int64_t end) { spade_instance_planes<T>(t, begin, end); });
+                     [&t](int64_t begin, int64_t end) {
+                       spade_instance_planes<T>(t, begin, end);
+                       if (t.nt) stream::Fence();
+                     });
     }
     return nullptr;
   });

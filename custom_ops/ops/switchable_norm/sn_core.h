@@ -23,6 +23,7 @@
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
 #include "normexport/cpu_moments.h"
+#include "normexport/cpu_stream.h"
 
 namespace normexport {
 namespace switchable_norm {
@@ -75,6 +76,7 @@ struct Tensors {
   // overwrites them in place with (mu, a = scale / sqrt(var + eps))
   double* stat0;
   double* stat1;
+  bool nt = false;  // streaming stores in apply_planes (the caller fences at the end of each task)
 };
 
 // Phase 1 on planes [begin, end).
@@ -120,29 +122,36 @@ void mix_samples(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
 
 namespace detail {
 template <typename C>
-inline void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b) noexcept {
+inline void affine_values(const C* x, C* y, int64_t n, C hi, C lo, C a, C b) noexcept {
   for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - hi) - lo) * a + b;
 }
-inline void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b) noexcept {
+template <typename C>
+inline void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt) noexcept {
+  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
+    affine_values<C>(x + off, out, len, hi, lo, a, b);
+  });
+}
+inline void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b, bool nt) noexcept {
   float buf[moments::kHalfChunk];
   for (int64_t off = 0; off < n; off += moments::kHalfChunk) {
     const int64_t len = (n - off < moments::kHalfChunk) ? n - off : moments::kHalfChunk;
     half_to_float_n(x + off, buf, static_cast<size_t>(len));
-    affine<float>(buf, buf, len, hi, lo, a, b);
-    float_to_half_n(buf, y + off, static_cast<size_t>(len));
+    affine_values<float>(buf, buf, len, hi, lo, a, b);
+    stream::FloatToHalf(buf, y + off, len, nt);
   }
 }
 }  // namespace detail
 
-// Phase 3 on planes [begin, end).
+// Phase 3 on planes [begin, end), last plane first (the caller may number the planes backwards
+// so the planes phase 1 read last, still in cache, are applied first).
 template <typename T>
 void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   using C = typename moments::compute_type<T>::type;
-  for (int64_t plane = begin; plane < end; ++plane) {
+  for (int64_t plane = end - 1; plane >= begin; --plane) {
     const moments::Split<C> mu = moments::split<C>(t.stat0[plane]);
     const int64_t off = plane * t.plane_size;
     detail::affine(t.x + off, t.y + off, t.plane_size, mu.hi, mu.lo, static_cast<C>(t.stat1[plane]),
-                   static_cast<C>(moments::load(t.bias[plane % t.channels])));
+                   static_cast<C>(moments::load(t.bias[plane % t.channels])), t.nt);
   }
 }
 

@@ -1,15 +1,25 @@
 // CPU execution-provider wrapper of normexport::SwitchableNorm: plane
 // statistics split over the N*C planes, mixing over the N samples, then the
 // per-plane multiply-add over the planes, on ORT's intra-op thread pool.
+// Samples are processed in waves of about kWaveBytes of X (at least one sample), so a wave is
+// still in the last-level cache when it is applied; the apply phase runs the wave's planes last
+// to first (the planes read last are the ones most likely still cached when a sample is larger
+// than the cache). Outputs of at least stream::ThresholdBytes() are written with streaming
+// stores (normexport/cpu_stream.h). Every plane is computed the same way whatever the split.
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "normexport/cpu_parallel.h"
+#include "normexport/cpu_stream.h"
 #include "switchable_norm/sn_core.h"
 #include "switchable_norm/sn_op.h"
 
 namespace normexport {
 namespace switchable_norm {
+
+// Bytes of X per wave of samples.
+constexpr int64_t kWaveBytes = int64_t{16} << 20;
 
 template <typename T>
 OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
@@ -35,13 +45,24 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
                  scratch.data(),
                  scratch.data() + p.num_planes};
 
+    t.nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
     const int64_t planes_per_task = MinUnitsPerTask(p.plane_size);
-    ParallelRanges(kc, p.num_planes, planes_per_task,
-                   [&t](int64_t begin, int64_t end) { plane_stats<T>(t, begin, end); });
-    ParallelRanges(kc, p.N, MinUnitsPerTask(p.C, int64_t{1} << 12),
-                   [&t](int64_t begin, int64_t end) { mix_samples<T>(t, begin, end); });
-    ParallelRanges(kc, p.num_planes, planes_per_task,
-                   [&t](int64_t begin, int64_t end) { apply_planes<T>(t, begin, end); });
+    const int64_t sample_bytes = p.C * p.plane_size * static_cast<int64_t>(sizeof(T));
+    const int64_t samples_per_wave = std::max<int64_t>(1, kWaveBytes / std::max<int64_t>(1, sample_bytes));
+    for (int64_t n0 = 0; n0 < p.N; n0 += samples_per_wave) {
+      const int64_t n1 = std::min(p.N, n0 + samples_per_wave);
+      const int64_t plane0 = n0 * p.C, planes = (n1 - n0) * p.C;
+      ParallelRanges(kc, planes, planes_per_task,
+                     [&t, plane0](int64_t begin, int64_t end) { plane_stats<T>(t, plane0 + begin, plane0 + end); });
+      ParallelRanges(kc, n1 - n0, MinUnitsPerTask(p.C, int64_t{1} << 12),
+                     [&t, n0](int64_t begin, int64_t end) { mix_samples<T>(t, n0 + begin, n0 + end); });
+      // backwards: range [begin, end) of the task numbering = planes [last - end + 1, last - begin]
+      const int64_t last = plane0 + planes - 1;
+      ParallelRanges(kc, planes, planes_per_task, [&t, last](int64_t begin, int64_t end) {
+        apply_planes<T>(t, last - end + 1, last - begin + 1);
+        if (t.nt) stream::Fence();
+      });
+    }
     return nullptr;
   });
 }
