@@ -352,3 +352,55 @@ def test_feeds_must_fit_the_graph(model, rng):
         rewrite(model, feeds={"x": rng.standard_normal((2, 4, 6, 6)).astype(np.float32)})
     with pytest.raises(PassError, match="the graph takes rank 4"):
         rewrite(model, feeds={"x": rng.standard_normal((2, 3, 6)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_export_with_groupnorm_and_bns_all_rules(dynamo):
+    """Conv(no bias) -> BN -> ReLU -> GroupNorm -> Conv -> BN from torch's exporters through
+    every rule: both BNs folded; the GroupNorm fused into normexport::GroupNorm where a fusion
+    rule recognizes the exporter's pattern (TorchScript's Reshape-InstanceNormalization chain);
+    the result verified on the library and the function path, and equal to torch in float64."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+    from normexport.runtime import session
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                            torch.nn.GroupNorm(2, 8), torch.nn.Conv2d(8, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        for bn in (m[1], m[5]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+        m[3].weight.uniform_(0.5, 1.5)
+        m[3].bias.normal_()
+    x = torch.randn(2, 3, 8, 8)
+    f = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if dynamo:
+            proto = torch.onnx.export(m, (x,), dynamo=True, optimize=False).model_proto
+        else:
+            torch.onnx.export(m, (x,), f, dynamo=False, do_constant_folding=False)
+            proto = onnx.load_from_string(f.getvalue())
+    new, report = rewrite(proto)
+    assert report.ok, report.format()
+    counts = report.counts()
+    assert counts["fold-bn-after"] == 2
+    ops = [n.op_type for n in new.graph.node]
+    assert "BatchNormalization" not in ops
+    fused = sum(v for k, v in counts.items() if k.startswith("fuse-groupnorm"))
+    if not dynamo:
+        assert fused == 1 and "GroupNorm" in ops and "InstanceNormalization" not in ops, report.format()
+        assert {v.path for v in report.verifications} == {"library", "function"}
+    xs = torch.randn(2, 3, 8, 8)   # a static batch: these exports fix it
+    with torch.no_grad():
+        expected = m.double()(xs.double()).numpy()
+    for use_library in (True, False):
+        got = session(new, ["CPUExecutionProvider"], use_library=use_library).run(
+            None, {proto.graph.input[0].name: xs.numpy()})[0]
+        err = np.abs(got - expected).max()
+        assert err <= 1e-6 + 1e-5 * np.abs(expected).max(), err
