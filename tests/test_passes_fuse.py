@@ -783,3 +783,42 @@ def test_adain_alpha_weights_not_summing_to_one_refused():
     out, run = fuse(export(Blend().eval(), args, False, 18))
     assert ops(out)["normexport::AdaIN"] == 1 and ops(out)["Mul"] == 2
     assert any("weights 0.6 and 0.5 do not sum to 1" in r for r in reasons(run, "fuse-adain-alpha")), reasons(run, "fuse-adain-alpha")
+
+
+def test_adain_unbiased_dynamic_spatial_refused():
+    """Unbiased variance over a spatial size known only at run time: the exact conversion
+    epsilon * (S - 1) / S needs S, so the pattern stays."""
+    x = torch.randn(2, 4, 5, 6)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(AdaIN().eval(), (x, x + 1), f, dynamo=False, opset_version=18,
+                          input_names=["content", "style"],
+                          dynamic_axes={k: {2: "H", 3: "W"} for k in ("content", "style")})
+    model = onnx.load_from_string(f.getvalue())
+    out, run = fuse(model)
+    assert_untouched(model, out, run)
+    assert any("the variance correction S / (S - 1) needs a static spatial size" in r
+               for r in reasons(run, "fuse-adain")), reasons(run, "fuse-adain")
+
+
+def test_gn_reducemean_five_dim_grouping_fused(library):
+    """Reshape to (N, G, C/G, H, W) and statistics over axes 2, 3, 4: the same GroupNorm."""
+    model, w, b = gn_reducemean_model()
+    for t in model.graph.initializer:
+        if t.name == "grp":
+            t.CopyFrom(_i64("grp", [0, 4, 2, 5, 6]))
+        if t.name == "axes":
+            t.CopyFrom(_i64("axes", [2, 3, 4]))
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::GroupNorm": 1}), reasons(run)
+    x = np.random.default_rng(8).standard_normal((2, 8, 5, 6)).astype(np.float32)
+    for path, y in run_both(out, {"x": x}).items():
+        assert_close(y, np_group_norm(x, 4, w.reshape(-1), b.reshape(-1), 1e-5), f"gn reducemean 5-d grouping {path}")
+    # the same grouping with the statistics over the spatial axes only: not a GroupNorm
+    for t in model.graph.initializer:
+        if t.name == "axes":
+            t.CopyFrom(_i64("axes", [3, 4]))
+    out, run = fuse(model)
+    assert_untouched(model, out, run)
+    assert any("reduce axes [3, 4] of the grouped tensor, not the group axes [2, 3, 4]" in r for r in reasons(run))
