@@ -1,8 +1,9 @@
 """``normexport bench``: op-level and model-level timings on the CPU.
 
-Op level, for each ``normexport`` custom op of the registry, at a small shape (fits in cache)
-and a large one (its working set, bytes read + written, >= 4x the last-level cache), all in
-one run with one thread count:
+Op level, for each ``normexport`` custom op of the registry, at the small shapes (fit in cache:
+a single tiny sample, where per-call overhead shows, and a batch of 8 ResNet-stage maps, where
+the cache-resident kernel speed shows) and a large one (its working set, bytes read + written,
+>= 4x the last-level cache), all in one run with one thread count:
 
   native    ORT with the op library (one ``normexport::<Op>`` node; n/a when the registry's
             kernel table lists no CPU kernel or the library is not built)
@@ -43,7 +44,8 @@ from . import registry
 
 OPSET = 21          # GroupNormalization-21 for the stock rows; the function bodies take 18-21
 QUICK_SHAPE = (1, 8, 6, 6)
-SMALL_SHAPE = (1, 32, 16, 16)
+SMALL_SHAPES = ((1, 32, 16, 16), (8, 64, 56, 56))   # both fit in the last-level cache
+SMALL_SHAPE = SMALL_SHAPES[0]
 LLC_MULTIPLE = 4
 LARGE_CHANNELS = 64
 FALLBACK_LLC = 32 << 20
@@ -537,15 +539,16 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
                 recipe = RECIPES.get(spec.export.op_type)
                 for size in (("quick",) if quick else sizes):
                     if recipe is None:
-                        shape = None
+                        shapes = [None]
                     elif size == "quick":
-                        shape = QUICK_SHAPE
+                        shapes = [QUICK_SHAPE]
                     elif size == "small":
-                        shape = SMALL_SHAPE
+                        shapes = list(SMALL_SHAPES)
                     else:
-                        shape = _shape_for(recipe, LLC_MULTIPLE * llc)
-                    log(f"op {spec.export.op_type} {size} {shape} ...")
-                    doc["ops"].append(bench_op(spec, size, shape, threads, repeat, tmp))
+                        shapes = [_shape_for(recipe, LLC_MULTIPLE * llc)]
+                    for shape in shapes:
+                        log(f"op {spec.export.op_type} {size} {shape} ...")
+                        doc["ops"].append(bench_op(spec, size, shape, threads, repeat, tmp))
             for g in graphs:
                 log(f"graph {g} ...")
                 doc["graphs"].append(bench_graph(g, GRAPHS[g], threads, repeat, tmp))

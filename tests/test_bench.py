@@ -106,3 +106,16 @@ def test_bad_arguments(capsys):
     for args in (["--ops", "NoSuchOp"], ["--sizes", "huge"], ["--graphs", "nope"]):
         assert cli.main(["bench", "--quick", *args]) == 2, args
         assert "normexport bench" in capsys.readouterr().err, args
+
+
+def test_small_size_runs_every_cache_resident_shape():
+    """`--sizes small` runs each of bench.SMALL_SHAPES (a tiny sample and a batch of ResNet-stage
+    maps), every one fitting in the last-level cache."""
+    r = _run("--ops", "GroupNorm", "--sizes", "small", "--repeat", "1", "--graphs", "none", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert [tuple(x["shape"]) for x in d["ops"]] == list(bench.SMALL_SHAPES)
+    assert len(bench.SMALL_SHAPES) >= 2 and any(s[0] > 1 for s in bench.SMALL_SHAPES)
+    for x in d["ops"]:
+        assert x["size"] == "small" and 0 < x["bytes"] < d["llc_bytes"], x
+        assert x["measurements"]["native"] is None or _positive(x["measurements"]["native"]["ms"])
