@@ -13,6 +13,10 @@
 //   b = alpha * mu_z + (1 - alpha) * mu_x,
 //   m = (Cmp)mu_x, b' = b - (mu_x - m) * a    (the rounding remainder of the mean into b)
 //   y = (x - m) * a + b'                      in Cmp: float for float / float16, double for double
+// When every column of both tensors fits in one row tile, a task does a channel block of a
+// sample completely (statistics, coefficients, normalization: one parallel pass); otherwise
+// the statistics of all content and style tiles run as one parallel pass and the
+// normalization as a second.
 // A plane of zero style elements has a NaN mean (like the reference), so its output is NaN;
 // NaN / Inf in a plane make its statistics NaN, hence the whole output plane.
 // 64-bit indexing throughout.
@@ -26,12 +30,13 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/nhwc_columns.h"
 
 namespace normexport {
 namespace adain {
 namespace nhwc {
 
-inline constexpr int64_t kMaxBlockChannels = 512;
+inline constexpr int64_t kMaxBlockChannels = ::normexport::nhwc::kMaxColumns;
 inline constexpr int64_t kTileElements = int64_t{1} << 15;
 
 struct Moments {
@@ -103,48 +108,25 @@ inline double ToDouble(T v) noexcept {
 template <typename T>
 inline void TileColumnMoments(const T* x, const Tiling& t, const Tile& tl, Moments* out) noexcept {
   const int64_t w = tl.c1 - tl.c0;
-  const T* base = x + tl.n * t.S * t.C + tl.c0;
+  const T* tile = x + (tl.n * t.S + tl.r0) * t.C + tl.c0;
   double acc[kMaxBlockChannels];
   double mean[kMaxBlockChannels];
-  float buf[kMaxBlockChannels];
-  auto row_values = [&](int64_t r) noexcept {  // a row as compute-type values
-    const T* row = base + r * t.C;
-    if constexpr (std::is_same<T, half>::value) {
-      half_to_float_n(row, buf, static_cast<size_t>(w));
-      return static_cast<const float*>(buf);
-    } else {
-      return row;
-    }
-  };
-  for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-  for (int64_t r = tl.r0; r < tl.r0 + tl.rows; ++r) {
-    const auto* v = row_values(r);
-    for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(v[j]);
-  }
+  ::normexport::nhwc::ColumnSums(tile, t.C, tl.rows, w, acc, [](double v, int64_t) noexcept { return v; });
   const double inv = 1.0 / static_cast<double>(tl.rows);
-  for (int64_t j = 0; j < w; ++j) {
-    mean[j] = acc[j] * inv;
-    acc[j] = 0.0;
-  }
-  for (int64_t r = tl.r0; r < tl.r0 + tl.rows; ++r) {
-    const auto* v = row_values(r);
-    for (int64_t j = 0; j < w; ++j) {
-      const double d = static_cast<double>(v[j]) - mean[j];
-      acc[j] += d * d;
-    }
-  }
+  for (int64_t j = 0; j < w; ++j) mean[j] = acc[j] * inv;
+  ::normexport::nhwc::ColumnSums(tile, t.C, tl.rows, w, acc, [&mean](double v, int64_t j) noexcept {
+    const double d = v - mean[j];
+    return d * d;
+  });
   for (int64_t j = 0; j < w; ++j) out[j] = {tl.rows, mean[j], acc[j]};
 }
 
-// y = (x - m) * a + b over one content tile; m, a, b: the coefficients of the tile's sample,
-// indexed by channel (C of them).
+// y = (x - m) * a + b over one content tile; mm, aa, bb: the coefficients of the tile's
+// columns (mm[j] for column tl.c0 + j).
 template <typename T, typename Cmp>
-inline void TileApply(const T* x, T* y, const Tiling& t, const Tile& tl, const Cmp* m, const Cmp* a,
-                      const Cmp* b) noexcept {
+inline void TileApply(const T* x, T* y, const Tiling& t, const Tile& tl, const Cmp* mm, const Cmp* aa,
+                      const Cmp* bb) noexcept {
   const int64_t w = tl.c1 - tl.c0;
-  const Cmp* mm = m + tl.c0;
-  const Cmp* aa = a + tl.c0;
-  const Cmp* bb = b + tl.c0;
   for (int64_t r = tl.r0; r < tl.r0 + tl.rows; ++r) {
     const int64_t off = (tl.n * t.S + r) * t.C + tl.c0;
     if constexpr (std::is_same<T, half>::value) {

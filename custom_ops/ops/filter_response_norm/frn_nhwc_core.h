@@ -24,12 +24,13 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/nhwc_columns.h"
 
 namespace normexport {
 namespace frn {
 namespace nhwc {
 
-inline constexpr int64_t kMaxBlockChannels = 512;
+inline constexpr int64_t kMaxBlockChannels = ::normexport::nhwc::kMaxColumns;
 inline constexpr int64_t kTileElements = int64_t{1} << 15;
 
 struct Tiling {
@@ -99,24 +100,8 @@ inline void affine_tlu(const C* x, C* y, int64_t w, const C* s, const C* b, cons
 template <typename T>
 inline void TileSumSquares(const T* x, const Tiling& t, int64_t c0, int64_t c1, int64_t r0, int64_t rows,
                            double* out) noexcept {
-  const int64_t w = c1 - c0;
-  for (int64_t j = 0; j < w; ++j) out[j] = 0.0;
-  for (int64_t r = r0; r < r0 + rows; ++r) {
-    const T* row = x + r * t.C + c0;
-    if constexpr (std::is_same<T, half>::value) {
-      float buf[kMaxBlockChannels];
-      half_to_float_n(row, buf, static_cast<size_t>(w));
-      for (int64_t j = 0; j < w; ++j) {
-        const double v = static_cast<double>(buf[j]);
-        out[j] += v * v;
-      }
-    } else {
-      for (int64_t j = 0; j < w; ++j) {
-        const double v = static_cast<double>(row[j]);
-        out[j] += v * v;
-      }
-    }
-  }
+  ::normexport::nhwc::ColumnSums(x + r0 * t.C + c0, t.C, rows, c1 - c0, out,
+                                 [](double v, int64_t) noexcept { return v * v; });
 }
 
 // Normalizes rows [r0, r0 + rows), columns [c0, c1) of a sample with the complete sums of

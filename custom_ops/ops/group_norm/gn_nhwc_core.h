@@ -33,12 +33,13 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/nhwc_columns.h"
 
 namespace normexport {
 namespace gn {
 namespace nhwc {
 
-inline constexpr int64_t kMaxBlockChannels = 512;
+inline constexpr int64_t kMaxBlockChannels = ::normexport::nhwc::kMaxColumns;
 inline constexpr int64_t kTileElements = int64_t{1} << 15;
 
 // count, mean and sum of squared deviations of a set of values
@@ -135,20 +136,6 @@ struct compute_type<double> {
   using type = double;
 };
 
-// One row segment as compute-type values: float/double rows are used in place, float16 rows
-// are converted into `buf` (kMaxBlockChannels floats).
-template <typename T>
-inline const typename compute_type<T>::type* load_row(const T* row, int64_t w, float* buf) noexcept {
-  if constexpr (std::is_same<T, half>::value) {
-    half_to_float_n(row, buf, static_cast<size_t>(w));
-    return buf;
-  } else {
-    (void)w;
-    (void)buf;
-    return row;
-  }
-}
-
 inline float silu(float v) noexcept { return v / (1.0f + std::exp(-v)); }  // -inf -> NaN, as the reference
 inline double silu(double v) noexcept { return v / (1.0 + std::exp(-v)); }
 
@@ -180,14 +167,11 @@ template <typename T>
 inline void TileMoments(const T* x, const Tiling& t, const Block& blk, int64_t r0, int64_t rows,
                         Moments* out) noexcept {
   const int64_t w = blk.c1 - blk.c0;
+  const T* tile = x + r0 * t.C + blk.c0;
   double col[kMaxBlockChannels];
   double mean_of_col[kMaxBlockChannels];
-  float buf[kMaxBlockChannels];
-  for (int64_t j = 0; j < w; ++j) col[j] = 0.0;
-  for (int64_t r = r0; r < r0 + rows; ++r) {  // pass 1: column sums
-    const auto* v = detail::load_row<T>(x + r * t.C + blk.c0, w, buf);
-    for (int64_t j = 0; j < w; ++j) col[j] += static_cast<double>(v[j]);
-  }
+  // pass 1: column sums
+  ::normexport::nhwc::ColumnSums(tile, t.C, rows, w, col, [](double v, int64_t) noexcept { return v; });
   for (int64_t g = blk.g0; g < blk.g1; ++g) {  // segment means, spread over their columns
     const int64_t s0 = std::max(blk.c0, g * t.cpg) - blk.c0;
     const int64_t s1 = std::min(blk.c1, (g + 1) * t.cpg) - blk.c0;
@@ -198,14 +182,11 @@ inline void TileMoments(const T* x, const Tiling& t, const Block& blk, int64_t r
     m.mean = s / static_cast<double>(m.count);
     for (int64_t j = s0; j < s1; ++j) mean_of_col[j] = m.mean;
   }
-  for (int64_t j = 0; j < w; ++j) col[j] = 0.0;
-  for (int64_t r = r0; r < r0 + rows; ++r) {  // pass 2: centered sums of squares (cache-hot)
-    const auto* v = detail::load_row<T>(x + r * t.C + blk.c0, w, buf);
-    for (int64_t j = 0; j < w; ++j) {
-      const double d = static_cast<double>(v[j]) - mean_of_col[j];
-      col[j] += d * d;
-    }
-  }
+  // pass 2: centered sums of squares (cache-hot)
+  ::normexport::nhwc::ColumnSums(tile, t.C, rows, w, col, [&mean_of_col](double v, int64_t j) noexcept {
+    const double d = v - mean_of_col[j];
+    return d * d;
+  });
   for (int64_t g = blk.g0; g < blk.g1; ++g) {
     const int64_t s0 = std::max(blk.c0, g * t.cpg) - blk.c0;
     const int64_t s1 = std::min(blk.c1, (g + 1) * t.cpg) - blk.c0;
