@@ -542,3 +542,18 @@ def test_adain_rank_is_checked(library):
         v.type.tensor_type.shape.ClearField("dim")
     msg = _error(m, {"content": np.ones((2, 6), np.float32), "style": np.ones((2, 6), np.float32)})
     assert "AdaIN" in msg and "rank" in msg and "channels_last=1" in msg, msg
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_adain_shape_inference_through_the_body(dtype):
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(NP_DTYPES[dtype]))
+    node = helper.make_node("AdaIN", ["content", "style"], ["Y"], domain="normexport", channels_last=1)
+    graph = helper.make_graph(
+        [node], "adain", [helper.make_tensor_value_info("content", elem, ["N", 5, 7, 6]),
+                          helper.make_tensor_value_info("style", elem, ["N", 3, 2, 6])],
+        [helper.make_tensor_value_info("Y", TensorProto.UNDEFINED, None)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    attach_functions(m)
+    out = onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True).graph.output[0].type.tensor_type
+    assert out.elem_type == elem
+    assert [d.dim_param or d.dim_value for d in out.shape.dim] == ["N", 5, 7, 6]
