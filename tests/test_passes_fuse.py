@@ -822,3 +822,31 @@ def test_gn_reducemean_five_dim_grouping_fused(library):
     out, run = fuse(model)
     assert_untouched(model, out, run)
     assert any("reduce axes [3, 4] of the grouped tensor, not the group axes [2, 3, 4]" in r for r in reasons(run))
+
+
+@pytest.mark.parametrize("name,rule", [("resnet18_gn", "fuse-groupnorm-instancenorm"), ("resnet18_frn", "fuse-frn")])
+def test_reference_network_decomposed_then_fused(library, tmp_path, name, rule):
+    """A whole network (normexport.graphs) exported with custom_ops=False (torch decomposes every
+    GN / FRN layer), then `normexport fold`'s driver: all 20 norm layers fused, verified, and the
+    result equals the network's float64 torch evaluation."""
+    import copy
+
+    from normexport.graphs import GRAPHS
+
+    from normexport.passes import rewrite
+    model, args = GRAPHS[name]()
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        normexport.export(model, args, path, custom_ops=False, fold=False)
+    out, report = rewrite(onnx.load(path))
+    assert report.ok, report.error
+    assert report.counts()[rule] == 20
+    left = ops(out)
+    assert left["InstanceNormalization"] == left["Sqrt"] == left["Pow"] == 0, left
+    assert left["ReduceMean"] == 1, left          # the global average pool
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(*[a.double() for a in args]).numpy()
+    feeds = {i.name: a.numpy() for i, a in zip(out.graph.input, args)}
+    for path_, y in run_both(out, feeds).items():
+        assert_close(y, ref, f"{name} decomposed -> fused {path_}")
