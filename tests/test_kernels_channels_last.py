@@ -7,6 +7,11 @@ tilings of the CPU kernel (row tiles, groups split over channel blocks, blocks o
 groups); NHWC == transposed NCHW; NaN/Inf, empty tensors, large-mean stability; errors naming
 op, node and attribute / mismatch (C is the last dim)."""
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -557,3 +562,23 @@ def test_adain_shape_inference_through_the_body(dtype):
     out = onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True).graph.output[0].type.tensor_type
     assert out.elem_type == elem
     assert [d.dim_param or d.dim_value for d in out.shape.dim] == ["N", 5, 7, 6]
+
+
+# ---- the CUDA kernels without a GPU ----------------------------------------------------------
+
+CUDA_EMU = Path(__file__).resolve().parents[1] / "custom_ops" / "tests" / "cuda_emu" / "run.sh"
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")
+def test_cuda_kernels_in_cpu_emulation(tmp_path):
+    """gpu_check (custom_ops/tests/gpu_check.cu) on the CPU emulation of CUDA
+    (custom_ops/tests/cuda_emu): every GroupNorm / FilterResponseNorm / AdaIN launcher, channels
+    first and last, float32 / float16, vs its float64 reference, grid-stride loops included.
+    (Indexing, barriers and numerics; on a GPU `normexport gpu-check` runs the same cases.)"""
+    r = subprocess.run(["sh", str(CUDA_EMU), str(tmp_path)], capture_output=True, text=True, timeout=1500)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.endswith("PASS") and " nhwc " in ln]
+    for op in ("GroupNorm", "FilterResponseNorm", "AdaIN"):
+        assert sum(ln.startswith(op) for ln in lines) >= 8, out[-4000:]
+    assert r.stdout.rstrip().endswith("0 failed: PASS"), out[-4000:]
