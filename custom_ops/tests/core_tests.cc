@@ -259,6 +259,32 @@ static void TestNaN() {
   for (float v : y) EXPECT(std::isnan(v), "NaN in x must give NaN (through nu2) even with a large tau");
 }
 
+// moments::plane_moments (chunked two-pass, Chan-combined) vs a float64 two-pass reference:
+// several chunks and a partial one, large mean / small spread, Inf and NaN in a later chunk.
+template <typename T>
+static void TestPlaneMoments(int64_t n, float mean, float stddev, double tol) {
+  const std::vector<T> x = RandomTensor<T>(n, 31 + static_cast<unsigned>(n), mean, stddev);
+  double s = 0, q = 0;
+  for (int64_t i = 0; i < n; ++i) s += AsDouble(x[i]);
+  const double m = s / n;
+  for (int64_t i = 0; i < n; ++i) q += (AsDouble(x[i]) - m) * (AsDouble(x[i]) - m);
+  const double v = q / n;
+  const normexport::moments::Moments got = normexport::moments::plane_moments(x.data(), n);
+  EXPECT(std::fabs(got.mean - m) <= tol * (std::fabs(m) + std::sqrt(v)) && std::fabs(got.var - v) <= tol * v,
+         "plane_moments %s n=%lld mean %g: got (%.17g, %.17g) want (%.17g, %.17g)", TypeName(sizeof(T)),
+         (long long)n, mean, got.mean, got.var, m, v);
+  if (n > normexport::moments::kMomentChunk) {
+    std::vector<T> y = x;
+    y[n - 5] = FromFloat<T>(std::numeric_limits<float>::infinity());
+    const normexport::moments::Moments gi = normexport::moments::plane_moments(y.data(), n);
+    EXPECT(std::isinf(gi.mean) && gi.mean > 0 && std::isnan(gi.var), "plane_moments %s with +Inf: (%g, %g)",
+           TypeName(sizeof(T)), gi.mean, gi.var);
+    y[3] = FromFloat<T>(std::numeric_limits<float>::quiet_NaN());
+    const normexport::moments::Moments gn = normexport::moments::plane_moments(y.data(), n);
+    EXPECT(std::isnan(gn.mean) && std::isnan(gn.var), "plane_moments %s with NaN", TypeName(sizeof(T)));
+  }
+}
+
 // ---- streaming stores (normexport/cpu_stream.h) ----
 
 // Store: every (destination misalignment, length) copies exactly and touches nothing else.
@@ -394,6 +420,12 @@ int main() {
   }
   TestPonoCore<float>(1, 64, 2048, true, 1e3f, 1e-2f, 2e-5);       // large mean, small spread
   TestNaN();
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{1000}, int64_t{100003}}) {
+    TestPlaneMoments<float>(n, 0.5f, 2.0f, 1e-6);
+    TestPlaneMoments<float>(n, 1e3f, 1e-2f, 1e-5);
+    TestPlaneMoments<half>(n, 0.5f, 2.0f, 1e-6);
+    TestPlaneMoments<double>(n, 1e3f, 1e-2f, 1e-12);
+  }
   TestStreamStore();
   TestStreamingCores<float>();
   TestStreamingCores<half>();

@@ -3,12 +3,20 @@
 // hi + lo pair of the compute type so that x - mean stays exact-ish for data
 // with a large mean and a small spread (mean 1e3, std 1e-2 in float32).
 //
-// * Two passes (mean, then the mean of squared deviations), both accumulated
-//   in double in independent lanes (vectorisable without -ffast-math). The
-//   second pass normally hits cache (a plane is read back to back).
-// * float16 data is converted to float in stack chunks (F16C when present).
+// * Two passes (mean, then the mean of squared deviations) over chunks of
+//   kMomentChunk values (the second pass hits L2, so memory is read once), the
+//   chunks combined with Chan's formula (no E[x^2] - E[x]^2 anywhere).
+//   double: double lanes. float (and float16, converted in stack chunks, F16C
+//   when present): float lanes over short blocks (16 terms per lane) totalled
+//   in double; pass 1 sums x - k (k = mean of the first 8 values), pass 2 sums
+//   (x - m)^2 with m = the float-rounded mean, corrected exactly by n (mean - m)^2.
+//   Overflow of the float sums (values near FLT_MAX) or NaN/Inf data fall back
+//   to double lanes for the chunk (NaN/Inf then make the variance NaN).
+// * plane_moments runs an AVX2 + FMA copy when the CPU has them (checked once;
+//   the library targets baseline x86-64).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -32,8 +40,14 @@ struct compute_type<double> {
 
 inline constexpr int64_t kHalfChunk = 2048;
 
+#if defined(__GNUC__)
+#define NX_MOM_INLINE_EARLY inline __attribute__((always_inline))
+#else
+#define NX_MOM_INLINE_EARLY inline
+#endif
+
 template <typename C>
-inline double sum(const C* x, int64_t n) noexcept {
+NX_MOM_INLINE_EARLY double sum(const C* x, int64_t n) noexcept {
   constexpr int kLanes = 8;
   double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -46,7 +60,7 @@ inline double sum(const C* x, int64_t n) noexcept {
 }
 
 template <typename C>
-inline double centered_sq_sum(const C* x, int64_t n, double mean) noexcept {
+NX_MOM_INLINE_EARLY double centered_sq_sum(const C* x, int64_t n, double mean) noexcept {
   constexpr int kLanes = 8;
   double acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -69,34 +83,168 @@ struct Moments {
   double mean, var;  // biased variance
 };
 
-// Mean and biased variance of n > 0 contiguous values (NaN/Inf propagate like
-// numpy: an Inf gives mean +-Inf and variance NaN).
-template <typename C>
-inline Moments plane_moments(const C* x, int64_t n) noexcept {
-  const double mean = sum(x, n) / static_cast<double>(n);
-  return {mean, centered_sq_sum(x, n, mean) / static_cast<double>(n)};
+#if defined(__GNUC__)
+#define NX_MOM_INLINE inline __attribute__((always_inline))
+#else
+#define NX_MOM_INLINE inline
+#endif
+
+inline constexpr int64_t kMomentChunk = int64_t{1} << 15;  // values per two-pass chunk (128 KiB float)
+
+namespace detail {
+
+// count, mean, sum of squared deviations of a chunk; combined with Chan et al.'s formula.
+struct Partial {
+  int64_t n;
+  double mean, m2;
+};
+
+inline Partial combine(const Partial& a, const Partial& b) noexcept {
+  if (a.n == 0) return b;
+  const int64_t n = a.n + b.n;
+  const double dn = static_cast<double>(n);
+  const double delta = b.mean - a.mean;
+  if (!std::isfinite(delta))  // Inf/NaN data: the plain mean (+-Inf or NaN), variance NaN
+    return {n, a.mean * (static_cast<double>(a.n) / dn) + b.mean * (static_cast<double>(b.n) / dn),
+            std::numeric_limits<double>::quiet_NaN()};
+  return {n, a.mean + delta * (static_cast<double>(b.n) / dn),
+          a.m2 + b.m2 + delta * delta * (static_cast<double>(a.n) * static_cast<double>(b.n) / dn)};
 }
 
-inline Moments plane_moments(const half* x, int64_t n) noexcept {
+constexpr int kFloatLanes = 16;
+constexpr int64_t kFloatBlock = 16 * kFloatLanes;  // float terms per lane between double flushes: 16
+
+NX_MOM_INLINE double reduce16(double (&d)[kFloatLanes]) noexcept {
+  for (int w = kFloatLanes / 2; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) d[j] += d[j + w];
+  return d[0];
+}
+
+// sum(x - k) in float lanes, blocks totalled in double
+NX_MOM_INLINE double shifted_sum_f(const float* x, int64_t n, float k) noexcept {
+  double total = 0.0;
+  double dacc[kFloatLanes] = {};
+  int64_t i = 0;
+  while (i + kFloatLanes <= n) {
+    const int64_t rows = std::min<int64_t>(kFloatBlock, n - i) / kFloatLanes;
+    float acc[kFloatLanes] = {};
+    for (int64_t r = 0; r < rows; ++r, i += kFloatLanes)
+      for (int j = 0; j < kFloatLanes; ++j) acc[j] += x[i + j] - k;
+    for (int j = 0; j < kFloatLanes; ++j) dacc[j] += static_cast<double>(acc[j]);
+  }
+  for (; i < n; ++i) total += static_cast<double>(x[i] - k);
+  return total + reduce16(dacc);
+}
+
+// sum((x - m)^2), m = (float)mean, in float lanes, blocks totalled in double, then the exact
+// identity sum((x - m)^2) = sum((x - mean)^2) + n (mean - m)^2 removes the rounding of m
+NX_MOM_INLINE double centered_sq_sum_f(const float* x, int64_t n, double mean) noexcept {
+  const float m = static_cast<float>(mean);
+  double total = 0.0;
+  double dacc[kFloatLanes] = {};
+  int64_t i = 0;
+  while (i + kFloatLanes <= n) {
+    const int64_t rows = std::min<int64_t>(kFloatBlock, n - i) / kFloatLanes;
+    float acc[kFloatLanes] = {};
+    for (int64_t r = 0; r < rows; ++r, i += kFloatLanes)
+      for (int j = 0; j < kFloatLanes; ++j) {
+        const float d = x[i + j] - m;
+        acc[j] += d * d;
+      }
+    for (int j = 0; j < kFloatLanes; ++j) dacc[j] += static_cast<double>(acc[j]);
+  }
+  for (; i < n; ++i) {
+    const double d = static_cast<double>(x[i] - m);
+    total += d * d;
+  }
+  total += reduce16(dacc);
+  const double r = mean - static_cast<double>(m);
+  const double m2 = total - static_cast<double>(n) * r * r;
+  return m2 > 0.0 ? m2 : (m2 == m2 ? 0.0 : m2);
+}
+
+template <typename C>
+NX_MOM_INLINE Partial chunk_double(const C* x, int64_t n) noexcept {
+  const double mean = sum(x, n) / static_cast<double>(n);
+  return {n, mean, centered_sq_sum(x, n, mean)};
+}
+
+NX_MOM_INLINE Partial chunk_float(const float* x, int64_t n) noexcept {
+  const float k = n < 8 ? x[0] : (((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))) * 0.125f;
+  const double mean = static_cast<double>(k) + shifted_sum_f(x, n, k) / static_cast<double>(n);
+  if (!std::isfinite(mean)) return chunk_double(x, n);  // overflow of x - k, or NaN/Inf data
+  const double m2 = centered_sq_sum_f(x, n, mean);
+  if (!std::isfinite(m2)) return {n, mean, centered_sq_sum(x, n, mean)};
+  return {n, mean, m2};
+}
+
+NX_MOM_INLINE Partial chunk(const double* x, int64_t n) noexcept { return chunk_double(x, n); }
+NX_MOM_INLINE Partial chunk(const float* x, int64_t n) noexcept { return chunk_float(x, n); }
+
+template <typename C>
+NX_MOM_INLINE Moments chunked(const C* x, int64_t n) noexcept {
+  Partial r{0, 0.0, 0.0};
+  for (int64_t off = 0; off < n; off += kMomentChunk)
+    r = combine(r, chunk(x + off, std::min(kMomentChunk, n - off)));
+  return {r.mean, r.m2 / static_cast<double>(n)};
+}
+
+NX_MOM_INLINE Moments chunked_half(const half* x, int64_t n) noexcept {
   float buf[kHalfChunk];
-  if (n <= kHalfChunk) {
-    half_to_float_n(x, buf, static_cast<size_t>(n));
-    return plane_moments<float>(buf, n);
-  }
-  double s = 0.0;
+  Partial r{0, 0.0, 0.0};
   for (int64_t off = 0; off < n; off += kHalfChunk) {
     const int64_t len = (n - off < kHalfChunk) ? n - off : kHalfChunk;
     half_to_float_n(x + off, buf, static_cast<size_t>(len));
-    s += sum(buf, len);
+    r = combine(r, chunk_float(buf, len));
   }
-  const double mean = s / static_cast<double>(n);
-  double s2 = 0.0;
-  for (int64_t off = 0; off < n; off += kHalfChunk) {
-    const int64_t len = (n - off < kHalfChunk) ? n - off : kHalfChunk;
-    half_to_float_n(x + off, buf, static_cast<size_t>(len));
-    s2 += centered_sq_sum(buf, len, mean);
-  }
-  return {mean, s2 / static_cast<double>(n)};
+  return {r.mean, r.m2 / static_cast<double>(n)};
+}
+
+inline Moments base_float(const float* x, int64_t n) noexcept { return chunked(x, n); }
+inline Moments base_double(const double* x, int64_t n) noexcept { return chunked(x, n); }
+inline Moments base_half(const half* x, int64_t n) noexcept { return chunked_half(x, n); }
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__CUDACC__)
+#define NX_MOM_DISPATCH 1
+__attribute__((target("avx2,fma"))) inline Moments avx2_float(const float* x, int64_t n) noexcept {
+  return chunked(x, n);
+}
+__attribute__((target("avx2,fma"))) inline Moments avx2_double(const double* x, int64_t n) noexcept {
+  return chunked(x, n);
+}
+__attribute__((target("avx2,fma"))) inline Moments avx2_half(const half* x, int64_t n) noexcept {
+  return chunked_half(x, n);
+}
+inline bool cpu_has_avx2_fma() noexcept {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+#endif
+
+}  // namespace detail
+
+// Mean and biased variance of n > 0 contiguous values (NaN/Inf propagate like
+// numpy: an Inf gives mean +-Inf and variance NaN).
+inline Moments plane_moments(const float* x, int64_t n) noexcept {
+#if defined(NX_MOM_DISPATCH)
+  if (detail::cpu_has_avx2_fma()) return detail::avx2_float(x, n);
+#endif
+  return detail::base_float(x, n);
+}
+inline Moments plane_moments(const double* x, int64_t n) noexcept {
+#if defined(NX_MOM_DISPATCH)
+  if (detail::cpu_has_avx2_fma()) return detail::avx2_double(x, n);
+#endif
+  return detail::base_double(x, n);
+}
+inline Moments plane_moments(const half* x, int64_t n) noexcept {
+#if defined(NX_MOM_DISPATCH)
+  if (detail::cpu_has_avx2_fma()) return detail::avx2_half(x, n);
+#endif
+  return detail::base_half(x, n);
 }
 
 // v ~= hi + lo in the compute type C: (x - hi) is exact when x is near v
