@@ -850,3 +850,60 @@ def test_reference_network_decomposed_then_fused(library, tmp_path, name, rule):
     feeds = {i.name: a.numpy() for i, a in zip(out.graph.input, args)}
     for path_, y in run_both(out, feeds).items():
         assert_close(y, ref, f"{name} decomposed -> fused {path_}")
+
+
+class _AdaINVarMean(torch.nn.Module):
+    """AdaIN with torch.var_mean (biased) and rsqrt: the form C of fuse_adain,
+    (c - mean) * (sqrt(var_s + eps) * rsqrt(var_c + eps)) + mean_s (normexport.nn.adain's own
+    forward), or form B, (c - mean) * rsqrt(var_c + eps) * sqrt(var_s + eps) + mean_s."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+
+    def forward(self, c, s):
+        vc, mc = torch.var_mean(c, dim=(2, 3), keepdim=True, correction=0)
+        vs, ms = torch.var_mean(s, dim=(2, 3), keepdim=True, correction=0)
+        if self.form == "C":
+            return (c - mc) * (torch.sqrt(vs + 1e-5) * torch.rsqrt(vc + 1e-5)) + ms
+        return (c - mc) * torch.rsqrt(vc + 1e-5) * torch.sqrt(vs + 1e-5) + ms
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("form", ["B", "C"])
+def test_adain_var_mean_rsqrt_forms_fused(library, form, dynamo):
+    torch.manual_seed(2)
+    c = torch.randn(2, 4, 3, 4) * 3e-3 + 0.5
+    s = torch.randn(2, 4, 6, 5) * _channel_scales(4, 0.1) * 2
+    model = export(_AdaINVarMean(form).eval(), (c, s), dynamo, 18)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::AdaIN": 1}), (ops(out), reasons(run, "fuse-adain"))
+    c64, s64 = c.double().numpy(), s.double().numpy()
+    ref = ((c64 - c64.mean((2, 3), keepdims=True)) / np.sqrt(c64.var((2, 3), keepdims=True) + 1e-5)
+           * np.sqrt(s64.var((2, 3), keepdims=True) + 1e-5) + s64.mean((2, 3), keepdims=True))
+    feeds = {i.name: a.numpy() for i, a in zip(model.graph.input, (c, s))}
+    for path, y in run_both(out, feeds).items():
+        assert_close(y, ref, f"adain var_mean form {form} {'dynamo' if dynamo else 'torchscript'} {path}")
+
+
+def test_reference_network_adain_decomposed_then_fused(library, tmp_path):
+    """normexport.graphs adain_style exported with custom_ops=False (normexport.nn.AdaIN's own
+    var_mean / rsqrt forward, dynamic batch), fused by the driver, vs the float64 torch eval."""
+    import copy
+
+    from normexport.graphs import GRAPHS
+
+    from normexport.passes import rewrite
+    model, args = GRAPHS["adain_style"]()
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        normexport.export(model, args, path, custom_ops=False, fold=False)
+    out, report = rewrite(onnx.load(path))
+    assert report.ok, report.error
+    assert report.counts()["fuse-adain"] == 1
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(*[a.double() for a in args]).numpy()
+    feeds = {i.name: a.numpy() for i, a in zip(out.graph.input, args)}
+    for path_, y in run_both(out, feeds).items():
+        assert_close(y, ref, f"adain_style decomposed -> fused {path_}")
