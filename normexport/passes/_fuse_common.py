@@ -236,9 +236,6 @@ def float_dtype(ctx: Context, t: gs.Tensor) -> np.dtype | str:
     return dt
 
 
-def nomatch(reason: str) -> NoMatch:
-    return NoMatch(reason)
-
 
 _CAST = {1: np.float32, 10: np.float16, 11: np.float64, 6: np.int32, 7: np.int64}
 
