@@ -31,14 +31,15 @@
 namespace normexport {
 namespace pono {
 
-// Largest block of positions handled at once (arrays on the stack: <= 40 KiB).
-constexpr int64_t kMaxBlock = 512;
+// Largest block of positions handled at once (arrays on the stack: <= 80 KiB for double).
+constexpr int64_t kMaxBlock = 1024;
 
-// Positions per block for C channels: the block's rows (C * block elements) should
-// stay cache resident between the three passes; at least 64 positions (a few
-// cache lines per row), a multiple of 16.
+// Positions per block for C channels: the block's rows (C * block elements, 256 KiB of
+// float) should stay in L2 between the three passes, and each row segment should be long
+// (up to 4 KiB) so the hardware prefetchers stream it from memory; at least 64 positions,
+// a multiple of 16.
 inline int64_t BlockSize(int64_t channels) noexcept {
-  int64_t b = (int64_t{1} << 15) / (channels > 0 ? channels : 1);
+  int64_t b = (int64_t{1} << 16) / (channels > 0 ? channels : 1);
   b = b / 16 * 16;
   if (b < 64) b = 64;
   if (b > kMaxBlock) b = kMaxBlock;
@@ -85,8 +86,14 @@ inline void store_stat(const double* v, T* dst, int64_t len, C* buf) noexcept {
 // Processes positions [p0, p0 + len) (len <= kMaxBlock) of sample n.
 // x, y: (N, C, S); mean, std_out: (N, S). T: float, half (float math) or double.
 // nt: Y rows written with streaming stores (the caller fences at the end of its task).
+#if defined(__GNUC__)
+#define NX_PONO_INLINE inline __attribute__((always_inline))
+#else
+#define NX_PONO_INLINE inline
+#endif
+
 template <typename T>
-void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t n,
+NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t n,
                 int64_t p0, int64_t len, float eps, bool unbiased, bool nt = false) noexcept {
   using C = typename detail::compute_type<T>::type;
   double sum[kMaxBlock];
@@ -179,8 +186,9 @@ void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int
 }
 
 // Block b of the (sample, block) grid: blocks_per_sample blocks of `block` positions per sample.
+// (force-inlined so pono_cpu.cc can compile it again inside an AVX2 + FMA wrapper)
 template <typename T>
-void pono_blocks(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t block,
+NX_PONO_INLINE void pono_blocks(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t block,
                  int64_t blocks_per_sample, int64_t begin, int64_t end, float eps, bool unbiased,
                  bool nt = false) noexcept {
   for (int64_t b = begin; b < end; ++b) {

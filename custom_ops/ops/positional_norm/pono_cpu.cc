@@ -17,6 +17,37 @@ namespace {
 constexpr int64_t kMinElementsPerTask = int64_t{1} << 15;
 constexpr int64_t kMaxTasks = 1024;
 
+// ---- run-time ISA dispatch: the core compiled for baseline x86-64 and again for AVX2 + FMA ----
+template <typename T>
+using BlocksFn = void (*)(const T*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, bool,
+                          bool) noexcept;
+
+template <typename T>
+void BlocksBase(const T* x, T* y, T* m, T* s, int64_t c, int64_t p, int64_t blk, int64_t bps, int64_t b, int64_t e,
+                float eps, bool ub, bool nt) noexcept {
+  pono_blocks<T>(x, y, m, s, c, p, blk, bps, b, e, eps, ub, nt);
+}
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define NX_PONO_AVX2 1
+template <typename T>
+__attribute__((target("avx2,fma"))) void BlocksAvx2(const T* x, T* y, T* m, T* s, int64_t c, int64_t p, int64_t blk,
+                                                    int64_t bps, int64_t b, int64_t e, float eps, bool ub,
+                                                    bool nt) noexcept {
+  pono_blocks<T>(x, y, m, s, c, p, blk, bps, b, e, eps, ub, nt);
+}
+#endif
+template <typename T>
+BlocksFn<T> Core() noexcept {
+#if defined(NX_PONO_AVX2)
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  if (avx2) return &BlocksAvx2<T>;
+#endif
+  return &BlocksBase<T>;
+}
+
 template <typename T>
 struct CpuJob {
   const T* x;
@@ -26,12 +57,13 @@ struct CpuJob {
   int64_t C, positions, block, blocks_per_sample, num_blocks, blocks_per_task;
   float eps;
   bool unbiased, nt;
+  BlocksFn<T> fn;
 
   void Run(int64_t task) const noexcept {
     const int64_t begin = task * blocks_per_task;
     const int64_t end = std::min(num_blocks, begin + blocks_per_task);
     if (begin < end)
-      pono_blocks<T>(x, y, mean, std, C, positions, block, blocks_per_sample, begin, end, eps, unbiased, nt);
+      fn(x, y, mean, std, C, positions, block, blocks_per_sample, begin, end, eps, unbiased, nt);
     if (nt) stream::Fence();
   }
   static void RunTask(void* job, size_t task) { static_cast<const CpuJob*>(job)->Run(static_cast<int64_t>(task)); }
@@ -60,7 +92,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     CpuJob<T> job{static_cast<const T*>(p.x), static_cast<T*>(p.y), static_cast<T*>(p.mean),
                   static_cast<T*>(p.std), p.C, p.positions, block, blocks_per_sample, num_blocks,
                   blocks_per_task, a.eps, a.unbiased,
-                  stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)))};
+                  stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T))), Core<T>()};
     if (num_tasks == 1) {
       job.Run(0);
     } else {
