@@ -907,3 +907,60 @@ def test_reference_network_adain_decomposed_then_fused(library, tmp_path):
     feeds = {i.name: a.numpy() for i, a in zip(out.graph.input, args)}
     for path_, y in run_both(out, feeds).items():
         assert_close(y, ref, f"adain_style decomposed -> fused {path_}")
+
+
+def test_reference_network_spade_decomposed_then_fused(library, tmp_path):
+    """normexport.graphs spade_block exported with custom_ops=False: torch decomposes the
+    param-free BN into (x - mean) * rsqrt(var + eps) constants, one normalized tensor feeds two
+    SPADE modulations; all three SPADE layers fused, vs the float64 torch eval."""
+    import copy
+
+    from normexport.graphs import GRAPHS
+
+    from normexport.passes import rewrite
+    model, args = GRAPHS["spade_block"]()
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        normexport.export(model, args, path, custom_ops=False, fold=False)
+    out, report = rewrite(onnx.load(path))
+    assert report.ok, report.error
+    assert report.counts()["fuse-spade"] == 3
+    assert ops(out)["Sub"] == ops(out)["Mul"] == 0, ops(out)
+    with torch.no_grad():
+        ref = copy.deepcopy(model).double()(*[a.double() for a in args]).numpy()
+    feeds = {i.name: a.numpy() for i, a in zip(out.graph.input, args)}
+    for path_, y in run_both(out, feeds).items():
+        assert_close(y, ref, f"spade_block decomposed -> fused {path_}")
+
+
+def _spade_affine_model(k):
+    """(x - m) * k then x * (1 + gamma) + beta, with gamma / beta graph inputs (the maps)."""
+    shape = [2, 3, 4, 4]
+    nodes = [helper.make_node("Sub", ["x", "m"], ["d"], name="sub"),
+             helper.make_node("Mul", ["d", "k"], ["h"], name="scale"),
+             helper.make_node("Add", ["g", "one"], ["g1"], name="one_plus"),
+             helper.make_node("Mul", ["h", "g1"], ["hm"], name="modulate"),
+             helper.make_node("Add", ["hm", "b"], ["y"], name="shift")]
+    inits = [_f32("m", np.array([0.5, -1.0, 2.0]).reshape(1, 3, 1, 1)), _f32("k", np.asarray(k).reshape(1, 3, 1, 1)),
+             _f32("one", 1.0)]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("x", "g", "b")]
+    return _model(nodes, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+
+
+def test_spade_decomposed_bn_fused_and_negative_scale_refused(library):
+    k = np.array([2.0, 0.25, 30.0])
+    model = _spade_affine_model(k)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::SPADE": 1}), reasons(run)
+    rng = np.random.default_rng(6)
+    feeds = {n: rng.standard_normal((2, 3, 4, 4)).astype(np.float32) for n in ("x", "g", "b")}
+    f64 = {n: v.astype(np.float64) for n, v in feeds.items()}
+    m = np.array([0.5, -1.0, 2.0]).reshape(1, 3, 1, 1)
+    ref = (f64["x"] - m) * k.reshape(1, 3, 1, 1) * (1 + f64["g"]) + f64["b"]
+    for path, y in run_both(out, feeds).items():
+        assert_close(y, ref, f"spade decomposed BN {path}")
+    refused = _spade_affine_model([2.0, -0.25, 30.0])
+    out, run = fuse(refused)
+    assert_untouched(refused, out, run)
+    assert any("scales by a non-positive value" in r for r in reasons(run, "fuse-spade")), reasons(run, "fuse-spade")

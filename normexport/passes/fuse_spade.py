@@ -12,7 +12,15 @@ as both torch exporters write it; model opset >= 18)::
 
     H  = InstanceNormalization(X, ones(C), zeros(C), epsilon)                      # mode 1
        | BatchNormalization(X, ones(C), zeros(C), mean, var, epsilon), inference  # mode 0
-    Y  = Add(Mul(H, Add(gamma_map, 1)), beta_map)      # operands in either order
+       | Mul(Sub(X, mean), k) | Div(Sub(X, mean), 1 / k)     # BN eval as torch decomposes it
+    Y  = Add(Mul(H, Add(gamma_map, 1)), beta_map)      # operands in either order (anchor: the Mul)
+
+The decomposed BN form (``custom_ops=False`` exports, torch's batch_norm decomposition with
+``rsqrt(var + eps)`` folded into the constant k, per channel, all > 0) becomes mode 0 with
+``running_var = 1 / k^2`` and ``epsilon = 0``: ``(X - mean) / sqrt(1 / k^2) = (X - mean) * k``
+exactly (in real arithmetic; the float32 rounding of 1 / k^2 is one ulp). A norm whose output
+also feeds other nodes (e.g. one normalized tensor modulated by two SPADE blocks) stays for
+them; the fused node recomputes it from X.
 
 The scale / bias of the norm must be exactly ones / zeros (the param-free norm; a norm with an
 affine is not SPADE's), the running statistics constants, the ``1`` a scalar constant 1, and
@@ -26,6 +34,8 @@ at run time on a batch mismatch instead of broadcasting.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -38,6 +48,7 @@ from ._fuse_common import (
     only_consumer,
     opset_reason,
     other,
+    per_channel,
     static_shape,
     tname,
 )
@@ -48,57 +59,33 @@ OP = "SPADE"
 
 class FuseSPADE(Rule):
     name = "fuse-spade"
-    summary = ("param-free InstanceNormalization / BatchNormalization then x * (1 + gamma) + beta "
-               "-> normexport::SPADE")
-    anchors = ("InstanceNormalization", "BatchNormalization")
+    summary = ("param-free InstanceNormalization / BatchNormalization (or its eval form (x - mean) * k) "
+               "then x * (1 + gamma) + beta -> normexport::SPADE")
+    anchors = ("Mul",)
 
-    def match(self, ctx: Context, node: gs.Node):
+    def match(self, ctx: Context, mul: gs.Node):
         if (why := opset_reason(ctx)):
             return NoMatch(why)
-        x = node.inputs[0]
+        h = gamma = add1 = None
+        for t in mul.inputs:
+            a = ctx.producer(other(mul, t)) if other(mul, t) is not None else None
+            if not is_op(a, "Add"):
+                continue
+            for u, v in ((a.inputs[0], a.inputs[1]), (a.inputs[1], a.inputs[0])):
+                if ctx.scalar(v) == 1.0 and ctx.const(u) is None:
+                    h, gamma, add1 = t, u, a
+        if h is None:
+            return NoMatch(f"{nname(mul)} does not multiply by (1 + gamma) (an Add of a computed map and 1)")
+        norm = self._norm(ctx, h)
+        if isinstance(norm, str):
+            return NoMatch(norm)
+        x, rm, rv, eps, mode, chain = norm
         shp = static_shape(ctx, x)
         if shp is None or len(shp) < 3:
             return NoMatch(f"'{tname(x)}' has unknown rank or rank < 3")
-        c = shp[1]
-        if not isinstance(c, int):
-            return NoMatch(f"channel count of '{tname(x)}' is not static (shape {shp})")
         dt = float_dtype(ctx, x)
         if isinstance(dt, str):
             return NoMatch(dt)
-        bn = node.op == "BatchNormalization"
-        if bn and (int(node.attrs.get("training_mode", 0)) or len([o for o in node.outputs if o.name]) != 1):
-            return NoMatch(f"{nname(node)} is in training mode (batch statistics), not the eval form")
-        for i, want, what in ((1, 1.0, "scale"), (2, 0.0, "bias")):
-            v = ctx.const(node.inputs[i])
-            if v is None:
-                return NoMatch(f"the {what} of {nname(node)} is not a constant")
-            if not np.all(np.asarray(v) == want):
-                return NoMatch(f"{nname(node)} has an affine ({what} not all {want:g}): SPADE's "
-                               f"parameter-free norm has none")
-        if bn:
-            stats = [ctx.const(node.inputs[i]) for i in (3, 4)]
-            if any(s is None for s in stats):
-                return NoMatch(f"the running statistics of {nname(node)} are not constants")
-            rm, rv = (np.asarray(s, dtype=np.float64).reshape(-1) for s in stats)
-        else:
-            rm, rv = np.zeros(c), np.ones(c)
-        mul, why = only_consumer(ctx, node.outputs[0])
-        if mul is None:
-            return NoMatch(why)
-        if not is_op(mul, "Mul"):
-            return NoMatch(f"the normalized tensor feeds {mul.op} {nname(mul)}, not a Mul by (1 + gamma)")
-        g1 = other(mul, node.outputs[0])
-        add1 = ctx.producer(g1) if g1 is not None else None
-        if not is_op(add1, "Add"):
-            return NoMatch(f"{nname(mul)} multiplies by '{tname(g1) if g1 is not None else '?'}', not by an Add (1 + gamma)")
-        gamma = None
-        for a, b in ((add1.inputs[0], add1.inputs[1]), (add1.inputs[1], add1.inputs[0])):
-            if ctx.scalar(b) == 1.0 and ctx.const(a) is None:
-                gamma = a
-        if gamma is None:
-            return NoMatch(f"{nname(add1)} is not gamma + 1 (a scalar constant 1 and a computed map)")
-        if (why := _private(ctx, add1.outputs[0], mul)):
-            return NoMatch(why)
         out, why = only_consumer(ctx, mul.outputs[0])
         if out is None:
             return NoMatch(why)
@@ -114,9 +101,73 @@ class FuseSPADE(Rule):
                                f"'{tname(x)}' (the op takes full-size maps, no broadcasting)")
             if ctx.dtype(t) != dt:
                 return NoMatch(f"the {what} map '{tname(t)}' is {ctx.dtype(t)}, X is {dt}")
-        eps = float(node.attrs.get("epsilon", 1e-5))
-        return Match([node, add1, mul, out], anchor=node, x=x, gamma=gamma, beta=beta, rm=rm, rv=rv,
-                     eps=eps, mode=0 if bn else 1, dtype=dt)
+        # the norm (and 1 + gamma) go with the match when nothing else reads them; a norm shared
+        # with another consumer (two SPADE modulations of one normalized tensor) stays for it
+        nodes = []
+        if not ctx.private(h, mul):
+            nodes += chain
+            if any(ctx.private(n.outputs[0], nxt) for n, nxt in itertools.pairwise(chain)):
+                nodes = []
+        if not ctx.private(add1.outputs[0], mul):
+            nodes.append(add1)
+        return Match(nodes + [mul, out], anchor=chain[-1], x=x, gamma=gamma, beta=beta, rm=rm, rv=rv,
+                     eps=eps, mode=mode, dtype=dt)
+
+    def _norm(self, ctx: Context, h: gs.Tensor):
+        """(x, running mean, running var, epsilon, mode, [nodes]) of the parameter-free norm
+        producing ``h``, or a reason."""
+        node = ctx.producer(h)
+        if is_op(node, "InstanceNormalization", "BatchNormalization"):
+            x = node.inputs[0]
+            shp = static_shape(ctx, x)
+            if shp is None or len(shp) < 3 or not isinstance(shp[1], int):
+                return f"'{tname(x)}' has unknown rank, rank < 3 or no static channel count"
+            c = shp[1]
+            bn = node.op == "BatchNormalization"
+            if bn and (int(node.attrs.get("training_mode", 0)) or len([o for o in node.outputs if o.name]) != 1):
+                return f"{nname(node)} is in training mode (batch statistics), not the eval form"
+            for i, want, what in ((1, 1.0, "scale"), (2, 0.0, "bias")):
+                v = ctx.const(node.inputs[i])
+                if v is None:
+                    return f"the {what} of {nname(node)} is not a constant"
+                if not np.all(np.asarray(v) == want):
+                    return f"{nname(node)} has an affine ({what} not all {want:g}): SPADE's parameter-free norm has none"
+            if bn:
+                stats = [ctx.const(node.inputs[i]) for i in (3, 4)]
+                if any(st is None for st in stats):
+                    return f"the running statistics of {nname(node)} are not constants"
+                rm, rv = (np.asarray(st, dtype=np.float64).reshape(-1) for st in stats)
+            else:
+                rm, rv = np.zeros(c), np.ones(c)
+            return x, rm, rv, float(node.attrs.get("epsilon", 1e-5)), 0 if bn else 1, [node]
+        # BN's eval form as torch decomposes it: (x - mean) * k with k = rsqrt(var + eps)
+        # folded into a constant (or / s). SPADE mode 0 with running_var = 1 / k^2 and epsilon 0
+        # computes (x - mean) / sqrt(1 / k^2) = (x - mean) * k exactly (k > 0).
+        if is_op(node, "Mul", "Div"):
+            for t in (node.inputs if node.op == "Mul" else node.inputs[:1]):
+                sub = ctx.producer(t)
+                kt = other(node, t)
+                if not is_op(sub, "Sub") or kt is None:
+                    continue
+                x, mt = sub.inputs
+                shp = static_shape(ctx, x)
+                if shp is None or len(shp) < 3 or not isinstance(shp[1], int):
+                    return f"'{tname(x)}' has unknown rank, rank < 3 or no static channel count"
+                kv, mv = ctx.const(kt), ctx.const(mt)
+                if kv is None or mv is None or ctx.const(x) is not None:
+                    return f"{nname(node)} / {nname(sub)}: the mean and scale of (x - mean) * k are not constants"
+                k, m = per_channel(kv, len(shp), shp[1]), per_channel(mv, len(shp), shp[1])
+                if k is None or m is None:
+                    return (f"{nname(sub)} / {nname(node)}: mean {tuple(np.shape(mv))} and scale "
+                            f"{tuple(np.shape(kv))} are not per channel")
+                if node.op == "Div":
+                    k = 1.0 / k
+                if not np.all(np.isfinite(k)) or not np.all(k > 0):
+                    return f"{nname(node)} scales by a non-positive value: not 1 / sqrt(var + eps)"
+                return x, m, 1.0 / (k * k), 0.0, 0, [sub, node]
+        what = f"{node.op} {nname(node)}" if node is not None else f"'{tname(h)}'"
+        return (f"the modulated tensor comes from {what}, not a parameter-free norm "
+                f"(InstanceNormalization, BatchNormalization or (x - mean) * k)")
 
     def rewrite(self, ctx: Context, m: Match):
         ins = [m.x, m.gamma, m.beta, channel_const(ctx, "spade_running_mean", m.rm, m.dtype),
