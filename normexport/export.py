@@ -72,6 +72,10 @@ class ExportReport:
         return "\n".join(lines)
 
 
+#: torch.onnx's (torch.export-based) exporter writes opset 18 and newer.
+EXPORT_MIN_OPSET = 18
+
+
 def _check_model_mode(model: nn.Module) -> None:
     for name, m in model.named_modules():
         if m.training:
@@ -335,9 +339,10 @@ def export(model: nn.Module, args: Any, path: str | os.PathLike, *, opset: int =
     """
     if not isinstance(model, nn.Module):
         raise ExportError(f"export: expected a torch.nn.Module, got {type(model).__name__}")
-    if custom_ops and opset < MIN_OPSET:
-        raise ExportError(f"export: opset {opset} is below {MIN_OPSET}, the lowest opset the "
-                          f"normexport function bodies are written for")
+    if opset < EXPORT_MIN_OPSET:
+        raise ExportError(f"export: opset {opset} is below {EXPORT_MIN_OPSET}, the lowest opset torch's "
+                          f"ONNX exporter writes (graphs from older exporters: `normexport fold`, whose "
+                          f"normexport nodes work down to opset {MIN_OPSET})")
     _check_model_mode(model)
     _check_batch_stats(model)
     stage = progress or (lambda name: None)

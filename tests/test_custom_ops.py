@@ -481,3 +481,63 @@ def test_spade_batch_norm_without_running_stats_is_refused(tmp_path):
     with pytest.raises(ExportError, match="batch statistics"):
         normexport.export(layer, (x, seg), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---- function bodies at opsets 15-17 (graphs from older exporters) -------------------------
+
+def _older_cases():
+    """(op, model factory(opset), feeds, float64 reference outputs) for every normexport op."""
+    from normexport.reference import frn as frn_ref
+    gf = gn_feeds((2, 6, 5, 7), "float32", seed=3)
+    sf = sn_feeds((3, 6, 4, 5), 1, "float32", seed=4)
+    af = adain_feeds((2, 4, 6, 6), (5, 7), "float32", seed=5)
+    pf = {"X": rand((2, 5, 4, 6), "float32", seed=6)}
+    df = spade_feeds((2, 3, 4, 5), "float32", seed=7)
+    ff = {"X": rand((2, 4, 5, 3), "float32", seed=8), "gamma": positive(4, "float32", 9),
+          "beta": rand(4, "float32", 10, 0.3, 0.0), "tau": rand(4, "float32", 11, 0.3, 0.0)}
+    fp = f64(ff)
+    return {
+        "GroupNorm": (lambda o: op_model("GroupNorm", {"X": 4, "scale": 1, "bias": 1}, opset=o,
+                                         num_groups=3, epsilon=1e-4, activation=2),
+                      gf, [gn_reference(gf, 3, 1e-4, 2)]),
+        "SwitchableNorm": (lambda o: op_model("SwitchableNorm", {"X": 4, "scale": 1, "bias": 1, "running_mean": 1,
+                                                                 "running_var": 1, "mean_weight": 1, "var_weight": 1},
+                                              opset=o, epsilon=1e-3, using_bn=1),
+                           sf, [sn_reference(sf, 1, 1e-3)]),
+        "AdaIN": (lambda o: op_model("AdaIN", {"content": 4, "style": 4}, opset=o, epsilon=1e-4, alpha=0.75),
+                  af, [style_ref.adaptive_instance_norm(f64(af)["content"], f64(af)["style"], 1e-4, 0.75)]),
+        "PositionalNorm": (lambda o: op_model("PositionalNorm", {"X": 4}, outputs=("Y", "Mean", "Std"), opset=o,
+                                              epsilon=1e-4, unbiased=1),
+                           pf, list(pono_ref.positional_norm(f64(pf)["X"], 1e-4, True))),
+        "SPADE": (lambda o: op_model("SPADE", {"X": 4, "gamma_map": 4, "beta_map": 4, "running_mean": 1,
+                                               "running_var": 1}, opset=o, epsilon=1e-4, mode=1),
+                  df, [spade_reference(df, 1, 1e-4)]),
+        "FilterResponseNorm": (lambda o: op_model("FilterResponseNorm", {"X": 4, "gamma": 1, "beta": 1, "tau": 1},
+                                                  opset=o, eps=1e-5, tlu=1),
+                               ff, [frn_ref.filter_response_norm(fp["X"], fp["gamma"], fp["beta"], fp["tau"], 1e-5)]),
+    }
+
+
+@pytest.mark.parametrize("opset", [15, 16, 17])
+@pytest.mark.parametrize("op_type", ["GroupNorm", "SwitchableNorm", "AdaIN", "PositionalNorm", "SPADE",
+                                     "FilterResponseNorm"])
+def test_function_bodies_at_older_opsets(op_type, opset):
+    """Below opset 18 the bodies take Reduce* axes as an attribute: the model passes the full
+    checker at that opset and stock ORT (no library) computes the contract."""
+    factory, feeds, expected = _older_cases()[op_type]
+    model = factory(opset)
+    body = next(f for f in model.functions if f.name == op_type)
+    assert [(o.domain, o.version) for o in body.opset_import] == [("", opset)]
+    assert not any(n.op_type == "ReduceMean" and len(n.input) > 1 for n in body.node)
+    for o in model.graph.output:           # the test graphs leave output shapes open: rank 4 here
+        o.type.tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension(dim_param=f"{o.name}_{i}")
+                                            for i in range(4))
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    assert inferred.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert_close(run(model, feeds, "function"), expected, "float32", label=f"{op_type} opset {opset}")
+
+
+def test_function_body_below_opset_15_is_refused():
+    with pytest.raises(ExportError, match="opset >= 15"):
+        op_model("GroupNorm", {"X": 4, "scale": 1, "bias": 1}, opset=14, num_groups=2)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import onnx
-from onnx import AttributeProto, TensorProto, helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 DOMAIN = "normexport"
 DOMAIN_VERSION = 1
-#: Lowest default-domain opset the function bodies are written for (ReduceMean with axes input).
-MIN_OPSET = 18
+#: Lowest default-domain opset a function body can be built for: CastLike needs 15. The bodies
+#: are written in opset-18 form (Reduce* with an ``axes`` input); ``FunctionBody.build`` rewrites
+#: them to the ``axes`` attribute for opsets 15-17, so that graphs from older exporters can hold
+#: normexport nodes (``normexport fold`` fuses into them).
+MIN_OPSET = 15
+#: Reduce ops whose ``axes`` moved from an attribute to an input in opset 18 (ReduceSum: 13).
+_AXES_INPUT_SINCE_18 = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 
 
 class FunctionBody:
@@ -79,6 +85,25 @@ class FunctionBody:
         self.nodes.append(node)
         return o
 
+    def _nodes_for(self, opset: int) -> list[onnx.NodeProto]:
+        """The body's nodes for ``opset``: below 18, a Reduce* ``axes`` input (always a Constant
+        of this body) becomes the ``axes`` attribute."""
+        if opset >= 18:
+            return list(self.nodes)
+        consts = {n.output[0]: n for n in self.nodes if n.op_type == "Constant"}
+        out = []
+        for n in self.nodes:
+            if n.op_type in _AXES_INPUT_SINCE_18 and len(n.input) > 1 and n.input[1]:
+                c = consts.get(n.input[1])
+                if c is None or not c.attribute or c.attribute[0].name != "value":
+                    raise ValueError(f"normexport::{self.name}: {n.op_type} axes '{n.input[1]}' is not "
+                                     f"a constant of the body; cannot build it for opset {opset}")
+                axes = [int(v) for v in numpy_helper.to_array(c.attribute[0].t).reshape(-1)]
+                attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+                n = helper.make_node(n.op_type, [n.input[0]], list(n.output), name=n.name, axes=axes, **attrs)
+            out.append(n)
+        return out
+
     def build(self, inputs: list[str], outputs: list[str], opset: int, defaults: dict,
               doc: str, required: list[str] = ()) -> onnx.FunctionProto:
         """``defaults``: attributes with their default values; ``required``: attributes
@@ -87,7 +112,7 @@ class FunctionBody:
             raise ValueError(f"normexport::{self.name}: the function body needs default-domain "
                              f"opset >= {MIN_OPSET}, the model uses {opset}")
         return helper.make_function(
-            DOMAIN, self.name, inputs, outputs, self.nodes,
+            DOMAIN, self.name, inputs, outputs, self._nodes_for(opset),
             opset_imports=[helper.make_opsetid("", opset)],
             attributes=list(required),
             attribute_protos=[helper.make_attribute(k, v) for k, v in defaults.items()],
