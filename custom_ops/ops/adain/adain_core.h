@@ -25,6 +25,14 @@
 #include "normexport/cpu_half.h"
 #include "normexport/cpu_stream.h"
 
+// The hot functions are force-inlined so that adain_cpu.cc can compile them a second time
+// inside AVX2 + FMA wrappers (run-time dispatch; the library targets baseline x86-64).
+#if defined(__GNUC__)
+#define NX_ADAIN_INLINE inline __attribute__((always_inline))
+#else
+#define NX_ADAIN_INLINE inline
+#endif
+
 namespace normexport {
 namespace adain {
 
@@ -55,7 +63,7 @@ constexpr int64_t kChunk = 2048;  // float16 conversion chunk (elements)
 // x86-64); lane k always holds the elements i with i % 8 == k, so the result is
 // the same whatever the caller's split.
 #if defined(__GNUC__)
-inline void shifted_sums_block(const float* x, int64_t n, float shift, double* st, double* qt) noexcept {
+NX_ADAIN_INLINE void shifted_sums_block(const float* x, int64_t n, float shift, double* st, double* qt) noexcept {
   typedef float v4 __attribute__((vector_size(16)));
   const v4 sh = {shift, shift, shift, shift};
   v4 s0 = {0, 0, 0, 0}, s1 = s0, q0 = s0, q1 = s0;
@@ -76,7 +84,7 @@ inline void shifted_sums_block(const float* x, int64_t n, float shift, double* s
   }
 }
 #else
-inline void shifted_sums_block(const float* x, int64_t n, float shift, double* st, double* qt) noexcept {
+NX_ADAIN_INLINE void shifted_sums_block(const float* x, int64_t n, float shift, double* st, double* qt) noexcept {
   float s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i + 8 <= n; i += 8)
     for (int j = 0; j < 8; ++j) {
@@ -92,7 +100,7 @@ inline void shifted_sums_block(const float* x, int64_t n, float shift, double* s
 #endif
 
 template <typename C>
-inline void shifted_sums(const C* x, int64_t n, C shift, double* s_out, double* q_out) noexcept {
+NX_ADAIN_INLINE void shifted_sums(const C* x, int64_t n, C shift, double* s_out, double* q_out) noexcept {
   double st = 0.0, qt = 0.0;
   int64_t i = 0;
   if constexpr (std::is_same<C, float>::value) {
@@ -131,7 +139,7 @@ inline void shifted_sums(const C* x, int64_t n, C shift, double* s_out, double* 
 
 // Shift near the mean: the mean of the first (up to) 64 values, in double.
 template <typename C>
-inline double pilot_mean(const C* x, int64_t n) noexcept {
+NX_ADAIN_INLINE double pilot_mean(const C* x, int64_t n) noexcept {
   const int64_t m = n < 64 ? n : 64;
   double s = 0.0;
   for (int64_t i = 0; i < m; ++i) s += static_cast<double>(x[i]);
@@ -154,7 +162,7 @@ inline Moments finish(double shift, double s, double q, int64_t n) noexcept {
 
 // float / double planes: straight on the tensor memory.
 template <typename C>
-inline Moments moments(const C* x, int64_t n) noexcept {
+NX_ADAIN_INLINE Moments moments(const C* x, int64_t n) noexcept {
   if (n <= 0) return {NAN, NAN};  // mean of nothing, like the reference
   const C shift = static_cast<C>(pilot_mean(x, n));
   double s = 0.0, q = 0.0;
@@ -162,7 +170,7 @@ inline Moments moments(const C* x, int64_t n) noexcept {
   return finish(static_cast<double>(shift), s, q, n);
 }
 
-inline Moments moments(const half* x, int64_t n) noexcept {
+NX_ADAIN_INLINE Moments moments(const half* x, int64_t n) noexcept {
   if (n <= 0) return {NAN, NAN};
   float buf[kChunk];
   float shift = 0.0f;
@@ -178,7 +186,7 @@ inline Moments moments(const half* x, int64_t n) noexcept {
 
 // y = ((x - m_hi) - m_lo) * a + b. x and y may alias exactly.
 template <typename C>
-inline void apply(const C* x, C* y, int64_t n, C m_hi, C m_lo, C a, C b) noexcept {
+NX_ADAIN_INLINE void apply(const C* x, C* y, int64_t n, C m_hi, C m_lo, C a, C b) noexcept {
   for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - m_hi) - m_lo) * a + b;
 }
 
@@ -200,7 +208,7 @@ inline PlaneCoeffs<C> coeffs(const Moments& mx, const Moments& mz, float eps, fl
 
 // nt: streaming stores through a tile (normexport/cpu_stream.h).
 template <typename C>
-inline void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha,
+NX_ADAIN_INLINE void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha,
                           bool nt) noexcept {
   const PlaneCoeffs<C> k = coeffs<C>(moments(x, sx), moments(z, sz), eps, alpha);
   stream::WriteTiled(y, sx, nt, [&](C* out, int64_t off, int64_t len) {
@@ -208,7 +216,7 @@ inline void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, 
   });
 }
 
-inline void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, half* y, float eps, float alpha,
+NX_ADAIN_INLINE void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, half* y, float eps, float alpha,
                           bool nt) noexcept {
   const PlaneCoeffs<float> k = coeffs<float>(moments(x, sx), moments(z, sz), eps, alpha);
   float buf[kChunk];
@@ -227,7 +235,7 @@ inline void process_plane(const half* x, int64_t sx, const half* z, int64_t sz, 
 // or double. nt: streaming stores (the caller issues stream::Fence() at the end of its task).
 // Never throws.
 template <typename T>
-void adain_planes(const T* content, const T* style, T* y, int64_t content_plane, int64_t style_plane,
+NX_ADAIN_INLINE void adain_planes(const T* content, const T* style, T* y, int64_t content_plane, int64_t style_plane,
                   PlaneRange range, float eps, float alpha, bool nt = false) noexcept {
   if (content_plane <= 0) return;
   for (int64_t p = range.begin; p < range.end; ++p) {

@@ -24,6 +24,14 @@
 #include "normexport/cpu_half.h"
 #include "normexport/cpu_stream.h"
 
+// The hot functions are force-inlined so that frn_cpu.cc can compile them a second time inside
+// AVX2 + FMA wrappers (run-time dispatch; the library targets baseline x86-64).
+#if defined(__GNUC__)
+#define NX_FRN_INLINE inline __attribute__((always_inline))
+#else
+#define NX_FRN_INLINE inline
+#endif
+
 namespace normexport {
 namespace frn {
 
@@ -51,7 +59,7 @@ struct compute_type<double> {
 // vectorise without reassociating (no -ffast-math); squares are never negative, so there is
 // no cancellation.
 template <typename C>
-inline double sum_squares(const C* x, int64_t n) noexcept {
+NX_FRN_INLINE double sum_squares(const C* x, int64_t n) noexcept {
   constexpr int kLanes = 8;
   constexpr int64_t kBlock = 64 * kLanes;
   double total = 0.0;
@@ -75,7 +83,7 @@ inline double sum_squares(const C* x, int64_t n) noexcept {
 // y = x * scale + shift, then (if tlu) max(y, tau) keeping NaN from y.
 // x and y may alias exactly (in-place), nothing else.
 template <typename C>
-inline void affine_tlu(const C* x, C* y, int64_t n, C scale, C shift, bool tlu, C tau) noexcept {
+NX_FRN_INLINE void affine_tlu(const C* x, C* y, int64_t n, C scale, C shift, bool tlu, C tau) noexcept {
   if (tlu) {
     if (std::isnan(tau)) {  // max(anything, NaN) = NaN, like numpy.maximum / ONNX Max
       const C qnan = std::numeric_limits<C>::quiet_NaN();
@@ -115,7 +123,7 @@ inline ChannelParams<C> channel_params(const T* gamma, const T* beta, const T* t
 // float and double: both passes straight on the tensor memory (nt: streaming stores through a
 // tile, normexport/cpu_stream.h).
 template <typename C>
-inline void process_plane(const C* x, C* y, int64_t n, const ChannelParams<C>& p, float eps, bool tlu,
+NX_FRN_INLINE void process_plane(const C* x, C* y, int64_t n, const ChannelParams<C>& p, float eps, bool tlu,
                           bool nt = false) noexcept {
   const C scale = plane_scale<C>(sum_squares(x, n), n, p.gamma, eps);
   stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
@@ -125,7 +133,7 @@ inline void process_plane(const C* x, C* y, int64_t n, const ChannelParams<C>& p
 
 // float16: convert chunks to float on the stack. Planes that fit in one chunk
 // are converted once and reused for both passes.
-inline void process_plane(const half* x, half* y, int64_t n, const ChannelParams<float>& p, float eps,
+NX_FRN_INLINE void process_plane(const half* x, half* y, int64_t n, const ChannelParams<float>& p, float eps,
                           bool tlu, bool nt = false) noexcept {
   constexpr int64_t kChunk = 2048;
   float buf[kChunk];
@@ -158,7 +166,7 @@ inline void process_plane(const half* x, half* y, int64_t n, const ChannelParams
 // T is float, normexport::half (computed in float) or double. nt: streaming stores (the caller
 // issues stream::Fence() at the end of its task). Never throws.
 template <typename T>
-void filter_response_norm_planes(const T* x, T* y, const T* gamma, const T* beta, const T* tau,
+NX_FRN_INLINE void filter_response_norm_planes(const T* x, T* y, const T* gamma, const T* beta, const T* tau,
                                  int64_t channels, int64_t plane_size, PlaneRange range, float eps,
                                  bool tlu, bool nt = false) noexcept {
   if (plane_size <= 0 || channels <= 0) return;

@@ -21,6 +21,14 @@
 #include "normexport/cpu_moments.h"
 #include "normexport/cpu_stream.h"
 
+// The streaming loops are force-inlined so that spade_cpu.cc can compile them a second time
+// inside AVX2 + FMA wrappers (run-time dispatch; the library targets baseline x86-64).
+#if defined(__GNUC__)
+#define NX_SPADE_INLINE inline __attribute__((always_inline))
+#else
+#define NX_SPADE_INLINE inline
+#endif
+
 namespace normexport {
 namespace spade {
 
@@ -39,7 +47,7 @@ inline Norm<C> make_norm(double mean, double var, float eps) noexcept {
 
 // y = ((x - hi) - lo) * inv * (1 + g) + b on n contiguous values of the compute type.
 template <typename C>
-inline void modulate_values(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p) noexcept {
+NX_SPADE_INLINE void modulate_values(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p) noexcept {
   for (int64_t i = 0; i < n; ++i) {
     const C xh = ((x[i] - p.hi) - p.lo) * p.inv;
     y[i] = xh * (C(1) + g[i]) + b[i];
@@ -48,13 +56,13 @@ inline void modulate_values(const C* x, const C* g, const C* b, C* y, int64_t n,
 
 // nt: streaming stores through a tile (normexport/cpu_stream.h).
 template <typename C>
-inline void modulate(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p, bool nt) noexcept {
+NX_SPADE_INLINE void modulate(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p, bool nt) noexcept {
   stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
     modulate_values<C>(x + off, g + off, b + off, out, len, p);
   });
 }
 
-inline void modulate(const half* x, const half* g, const half* b, half* y, int64_t n, Norm<float> p,
+NX_SPADE_INLINE void modulate(const half* x, const half* g, const half* b, half* y, int64_t n, Norm<float> p,
                      bool nt) noexcept {
   constexpr int64_t kChunk = 1024;
   float bx[kChunk], bg[kChunk], bb[kChunk];
@@ -85,7 +93,7 @@ struct Tensors {
 
 // Mode 0 on the flat element range [begin, end). Never throws.
 template <typename T>
-void spade_batch_elements(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+NX_SPADE_INLINE void spade_batch_elements(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   using C = typename moments::compute_type<T>::type;
   if (t.plane_size <= 0 || t.channels <= 0) return;
   int64_t pos = begin;
@@ -102,7 +110,7 @@ void spade_batch_elements(const Tensors<T>& t, int64_t begin, int64_t end) noexc
 
 // Mode 1 on planes [begin, end) (plane = n * C + c). Never throws.
 template <typename T>
-void spade_instance_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+NX_SPADE_INLINE void spade_instance_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   using C = typename moments::compute_type<T>::type;
   if (t.plane_size <= 0) return;
   for (int64_t plane = begin; plane < end; ++plane) {

@@ -10,6 +10,57 @@
 
 namespace normexport {
 namespace spade {
+namespace {
+
+// ---- run-time ISA dispatch: the core compiled for baseline x86-64 and again for AVX2 + FMA ----
+template <typename T>
+using RangeFn = void (*)(const Tensors<T>&, int64_t, int64_t) noexcept;
+template <typename T>
+void BatchBase(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  spade_batch_elements<T>(t, b, e);
+}
+template <typename T>
+void InstanceBase(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  spade_instance_planes<T>(t, b, e);
+}
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define NX_SPADE_AVX2 1
+template <typename T>
+__attribute__((target("avx2,fma"))) void BatchAvx2(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  spade_batch_elements<T>(t, b, e);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void InstanceAvx2(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  spade_instance_planes<T>(t, b, e);
+}
+#endif
+inline bool UseAvx2() noexcept {
+#if defined(NX_SPADE_AVX2)
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return avx2;
+#else
+  return false;
+#endif
+}
+template <typename T>
+RangeFn<T> BatchCore() noexcept {
+#if defined(NX_SPADE_AVX2)
+  if (UseAvx2()) return &BatchAvx2<T>;
+#endif
+  return &BatchBase<T>;
+}
+template <typename T>
+RangeFn<T> InstanceCore() noexcept {
+#if defined(NX_SPADE_AVX2)
+  if (UseAvx2()) return &InstanceAvx2<T>;
+#endif
+  return &InstanceBase<T>;
+}
+
+}  // namespace
 
 template <typename T>
 OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
@@ -30,14 +81,14 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     t.nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
     if (a.mode == 0) {
       ParallelRanges(kc, p.num_elements, MinUnitsPerTask(1),
-                     [&t](int64_t begin, int64_t end) {
-                       spade_batch_elements<T>(t, begin, end);
+                     [&t, fn = BatchCore<T>()](int64_t begin, int64_t end) {
+                       fn(t, begin, end);
                        if (t.nt) stream::Fence();
                      });
     } else {
       ParallelRanges(kc, p.num_planes, MinUnitsPerTask(p.plane_size),
-                     [&t](int64_t begin, int64_t end) {
-                       spade_instance_planes<T>(t, begin, end);
+                     [&t, fn = InstanceCore<T>()](int64_t begin, int64_t end) {
+                       fn(t, begin, end);
                        if (t.nt) stream::Fence();
                      });
     }

@@ -25,6 +25,14 @@
 #include "normexport/cpu_moments.h"
 #include "normexport/cpu_stream.h"
 
+// apply_planes and its loops are force-inlined so that sn_cpu.cc can compile them a second time
+// inside an AVX2 + FMA wrapper (run-time dispatch; the library targets baseline x86-64).
+#if defined(__GNUC__)
+#define NX_SN_INLINE inline __attribute__((always_inline))
+#else
+#define NX_SN_INLINE inline
+#endif
+
 namespace normexport {
 namespace switchable_norm {
 
@@ -122,16 +130,16 @@ void mix_samples(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
 
 namespace detail {
 template <typename C>
-inline void affine_values(const C* x, C* y, int64_t n, C hi, C lo, C a, C b) noexcept {
+NX_SN_INLINE void affine_values(const C* x, C* y, int64_t n, C hi, C lo, C a, C b) noexcept {
   for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - hi) - lo) * a + b;
 }
 template <typename C>
-inline void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt) noexcept {
+NX_SN_INLINE void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt) noexcept {
   stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
     affine_values<C>(x + off, out, len, hi, lo, a, b);
   });
 }
-inline void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b, bool nt) noexcept {
+NX_SN_INLINE void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b, bool nt) noexcept {
   float buf[moments::kHalfChunk];
   for (int64_t off = 0; off < n; off += moments::kHalfChunk) {
     const int64_t len = (n - off < moments::kHalfChunk) ? n - off : moments::kHalfChunk;
@@ -145,7 +153,7 @@ inline void affine(const half* x, half* y, int64_t n, float hi, float lo, float 
 // Phase 3 on planes [begin, end), last plane first (the caller may number the planes backwards
 // so the planes phase 1 read last, still in cache, are applied first).
 template <typename T>
-void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+NX_SN_INLINE void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   using C = typename moments::compute_type<T>::type;
   for (int64_t plane = end - 1; plane >= begin; --plane) {
     const moments::Split<C> mu = moments::split<C>(t.stat0[plane]);

@@ -21,6 +21,32 @@ namespace switchable_norm {
 // Bytes of X per wave of samples.
 constexpr int64_t kWaveBytes = int64_t{16} << 20;
 
+// ---- run-time ISA dispatch of the apply phase: baseline x86-64 and AVX2 + FMA ----
+template <typename T>
+using ApplyFn = void (*)(const Tensors<T>&, int64_t, int64_t) noexcept;
+template <typename T>
+void ApplyBase(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  apply_planes<T>(t, b, e);
+}
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define NX_SN_AVX2 1
+template <typename T>
+__attribute__((target("avx2,fma"))) void ApplyAvx2(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  apply_planes<T>(t, b, e);
+}
+#endif
+template <typename T>
+ApplyFn<T> ApplyCore() noexcept {
+#if defined(NX_SN_AVX2)
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  if (avx2) return &ApplyAvx2<T>;
+#endif
+  return &ApplyBase<T>;
+}
+
 template <typename T>
 OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext* context) noexcept {
   return Guarded(node, [&]() -> OrtStatus* {
@@ -47,6 +73,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
 
     t.nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
     const int64_t planes_per_task = MinUnitsPerTask(p.plane_size);
+    const ApplyFn<T> apply = ApplyCore<T>();
     const int64_t sample_bytes = p.C * p.plane_size * static_cast<int64_t>(sizeof(T));
     const int64_t samples_per_wave = std::max<int64_t>(1, kWaveBytes / std::max<int64_t>(1, sample_bytes));
     for (int64_t n0 = 0; n0 < p.N; n0 += samples_per_wave) {
@@ -58,8 +85,8 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
                      [&t, n0](int64_t begin, int64_t end) { mix_samples<T>(t, n0 + begin, n0 + end); });
       // backwards: range [begin, end) of the task numbering = planes [last - end + 1, last - begin]
       const int64_t last = plane0 + planes - 1;
-      ParallelRanges(kc, planes, planes_per_task, [&t, last](int64_t begin, int64_t end) {
-        apply_planes<T>(t, last - end + 1, last - begin + 1);
+      ParallelRanges(kc, planes, planes_per_task, [&t, last, apply](int64_t begin, int64_t end) {
+        apply(t, last - end + 1, last - begin + 1);
         if (t.nt) stream::Fence();
       });
     }
