@@ -241,9 +241,12 @@ void FrnNhwcCase(Ctx& ctx, NCS sh, bool tlu) {
       tau = Random(ctx, sh.c, 0.3);
   Quantize<T>(x), Quantize<T>(g), Quantize<T>(b), Quantize<T>(tau);
   DeviceBuffer<T> dx(x), dy(x.size()), dg(g), db(b), dt(tau);
+  const size_t scratch_bytes = normexport::frn::FilterResponseNormNhwcScratchBytes(sh.n, sh.c, sh.s);
+  DeviceBuffer<unsigned char> scratch(scratch_bytes);
   dy.Poison();
   int err = normexport::frn::LaunchFilterResponseNormNhwc<T>(ctx.stream, dx.get(), dy.get(), dg.get(), db.get(),
-                                                             tlu ? dt.get() : nullptr, sh.n, sh.c, sh.s, eps, tlu);
+                                                             tlu ? dt.get() : nullptr, sh.n, sh.c, sh.s, eps, tlu,
+                                                             scratch.get());
   err = Finish(ctx, err);
   Errors e;
   if (err == 0) {
@@ -261,7 +264,8 @@ void FrnNhwcCase(Ctx& ctx, NCS sh, bool tlu) {
       }
     Compare<T>(dy.Download(), ref, e);
   }
-  Report<T>(ctx, "FilterResponseNorm", "nhwc " + Dims({sh.n, sh.s, sh.c}) + (tlu ? " tlu" : " no-tlu"), err, e);
+  Report<T>(ctx, "FilterResponseNorm",
+            "nhwc " + Dims({sh.n, sh.s, sh.c}) + (tlu ? " tlu" : " no-tlu") + (scratch_bytes ? " split" : ""), err, e);
 }
 
 bool CheckFrn(Ctx& ctx) {
@@ -318,9 +322,11 @@ void GnNhwcCase(Ctx& ctx, NCS sh, int64_t groups, int act) {
   Vec x = Random(ctx, sh.n * sh.s * sh.c, 2.0, 0.5), sc = Uniform(ctx, sh.c, 0.5, 1.5), bi = Random(ctx, sh.c, 0.3);
   Quantize<T>(x), Quantize<T>(sc), Quantize<T>(bi);
   DeviceBuffer<T> dx(x), dy(x.size()), ds(sc), db(bi);
+  const size_t scratch_bytes = normexport::gn::GroupNormNhwcScratchBytes(sh.n, sh.c, sh.s, groups);
+  DeviceBuffer<unsigned char> scratch(scratch_bytes);
   dy.Poison();
   int err = normexport::gn::LaunchGroupNormNhwc<T>(ctx.stream, dx.get(), dy.get(), ds.get(), db.get(), sh.n, sh.c,
-                                                   sh.s, groups, eps, act);
+                                                   sh.s, groups, eps, act, scratch.get());
   err = Finish(ctx, err);
   Errors e;
   if (err == 0) {
@@ -347,7 +353,9 @@ void GnNhwcCase(Ctx& ctx, NCS sh, int64_t groups, int act) {
     Compare<T>(dy.Download(), ref, e);
   }
   Report<T>(ctx, "GroupNorm",
-            "nhwc " + Dims({sh.n, sh.s, sh.c}) + " g" + std::to_string(groups) + " act" + std::to_string(act), err, e);
+            "nhwc " + Dims({sh.n, sh.s, sh.c}) + " g" + std::to_string(groups) + " act" + std::to_string(act) +
+                (scratch_bytes ? " split" : ""),
+            err, e);
 }
 
 bool CheckGroupNorm(Ctx& ctx) {
@@ -459,9 +467,11 @@ void AdainNhwcCase(Ctx& ctx, NCS sh, int64_t style_plane, float alpha) {
   Vec x = Random(ctx, sh.n * sh.s * sh.c, 2.0, 0.5), st = Random(ctx, sh.n * style_plane * sh.c, 1.5, -0.7);
   Quantize<T>(x), Quantize<T>(st);
   DeviceBuffer<T> dx(x), ds(st), dy(x.size());
+  const size_t scratch_bytes = normexport::adain::AdaINNhwcScratchBytes(sh.n, sh.c, sh.s, style_plane);
+  DeviceBuffer<unsigned char> scratch(scratch_bytes);
   dy.Poison();
   int err = normexport::adain::LaunchAdaINNhwc<T>(ctx.stream, dx.get(), ds.get(), dy.get(), sh.n, sh.c, sh.s,
-                                                  style_plane, eps, alpha);
+                                                  style_plane, eps, alpha, scratch.get());
   err = Finish(ctx, err);
   Errors e;
   if (err == 0) {
@@ -487,7 +497,7 @@ void AdainNhwcCase(Ctx& ctx, NCS sh, int64_t style_plane, float alpha) {
     Compare<T>(dy.Download(), ref, e);
   }
   Report<T>(ctx, "AdaIN", "nhwc " + Dims({sh.n, sh.s, sh.c}) + " style " + std::to_string(style_plane) + " a" +
-                              std::to_string(alpha).substr(0, 4), err, e);
+                              std::to_string(alpha).substr(0, 4) + (scratch_bytes ? " split" : ""), err, e);
 }
 
 bool CheckAdaIN(Ctx& ctx) {
@@ -505,6 +515,7 @@ bool CheckAdaIN(Ctx& ctx) {
   AdainNhwcCase<float>(ctx, {3, 40, 1023}, 257, 1.0f);
   AdainNhwcCase<float>(ctx, {2, 8, 65537}, 4099, 0.5f);
   AdainNhwcCase<float>(ctx, {2, 200, 1}, 3, 1.0f);
+  AdainNhwcCase<float>(ctx, {2, 4, 63}, 20000, 0.9f);  // only the style split
   AdainNhwcCase<half>(ctx, {2, 5, 63}, 35, 1.0f);
   AdainNhwcCase<half>(ctx, {2, 16, 4099}, 1023, 0.75f);
   return true;

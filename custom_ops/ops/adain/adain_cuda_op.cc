@@ -5,6 +5,7 @@
 
 #include "adain/adain_cuda.h"
 #include "adain/adain_op.h"
+#include "normexport/nhwc_scratch.h"
 
 namespace normexport {
 namespace adain {
@@ -20,10 +21,17 @@ OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext
     const T* content = static_cast<const T*>(p.content);
     const T* style = static_cast<const T*>(p.style);
     T* y = static_cast<T*>(p.y);
-    const int err = p.channels_last ? LaunchAdaINNhwc<T>(stream, content, style, y, p.N, p.C, p.content_plane,
-                                                         p.style_plane, a.eps, a.alpha)
-                                    : LaunchAdaIN<T>(stream, content, style, y, p.num_planes, p.content_plane,
-                                                     p.style_plane, a.eps, a.alpha);
+    int err = 0;
+    if (p.channels_last) {  // split-row statistics need device scratch
+      const size_t bytes = AdaINNhwcScratchBytes(p.N, p.C, p.content_plane, p.style_plane);
+      DeviceScratch scratch(kc, kc.GetInput(0), bytes);
+      if (bytes > 0 && scratch.get() == nullptr)
+        return node.Error(ORT_FAIL, "could not allocate ", bytes, " bytes of device scratch");
+      err = LaunchAdaINNhwc<T>(stream, content, style, y, p.N, p.C, p.content_plane, p.style_plane, a.eps, a.alpha,
+                               scratch.get());
+    } else {
+      err = LaunchAdaIN<T>(stream, content, style, y, p.num_planes, p.content_plane, p.style_plane, a.eps, a.alpha);
+    }
     if (err != 0) {
       return CudaErrorStatus(node, err,
                              StrCat("CUDA kernel launch failed (", OnnxType<T>::name, ", content shape ",

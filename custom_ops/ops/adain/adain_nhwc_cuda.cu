@@ -7,6 +7,11 @@
 // ty partial sums of a column added in double; the coefficients in double by one thread per
 // column; then y = ((x - shift) - delta) * a + b. A style plane of zero elements gives NaN
 // (0 / 0), like the reference. 64-bit indexing throughout.
+// When there are fewer tiles than kTargetBlocks and the columns are long, the rows of each
+// tensor are split into ranges (each block then does (tile, row range)) in two kernels:
+// shifted two-pass moments (mean, m2) per (n, range, c) of content and style into device
+// scratch (double), then every content block combines its columns' ranges in order (Chan et
+// al., deterministic), computes the coefficients and normalizes its rows.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -26,6 +31,32 @@ using cuda::Store;
 
 constexpr int kThreads = 512;
 constexpr int kMaxTx = 32;
+constexpr int64_t kTargetBlocks = 1024;  // enough blocks for any current GPU
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+
+// The launch shape: channels per block, rows split into `splits` ranges of rows_per_split.
+struct Plan {
+  int width = 1, height = kThreads;
+  int64_t channel_tiles = 0, splits = 1, rows_per_split = 0;
+};
+Plan MakePlan(int64_t batch, int64_t channels, int64_t rows) {
+  Plan p;
+  while (p.width < kMaxTx && p.width < channels) p.width *= 2;
+  p.height = kThreads / p.width;
+  p.channel_tiles = (channels + p.width - 1) / p.width;
+  const int64_t units = batch * p.channel_tiles;
+  if (units > 0 && units < kTargetBlocks && rows > 0) {
+    const int64_t by_blocks = (kTargetBlocks + units - 1) / units;
+    const int64_t by_rows = (rows + 4 * p.height - 1) / (4 * p.height);  // >= 4 rows per thread
+    p.splits = by_blocks < by_rows ? by_blocks : by_rows;
+    if (p.splits < 1) p.splits = 1;
+  }
+  p.rows_per_split = (rows + p.splits - 1) / p.splits;
+  if (p.rows_per_split > 0) p.splits = (rows + p.rows_per_split - 1) / p.rows_per_split;
+  return p;
+}
+
+unsigned GridFor(int64_t units) { return static_cast<unsigned>(units < kMaxBlocks ? units : kMaxBlocks); }
 
 // Shifted two-pass moments of the block's columns of one (N, S, C) tensor; `base` is the
 // offset of (n, row 0, c). On return (after a barrier) s_shift[tx], s_delta[tx], s_m2[tx] hold
@@ -110,34 +141,171 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Split rows, kernel 1: content units [0, nx), then style units. Unit (n, tile, s) writes the
+// moments of rows [s * rows_per_split, ...) of its columns: mean[(n * splits + s) * C + c],
+// m2[...] (double; a range of zero rows: NaN mean, 0 m2).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    AdaINNhwcPartialKernel(const T* __restrict__ content, const T* __restrict__ style, double* __restrict__ x_mean,
+                           double* __restrict__ x_m2, double* __restrict__ z_mean, double* __restrict__ z_m2,
+                           int64_t batch, int64_t channels, int64_t channel_tiles, int64_t content_plane,
+                           int64_t x_splits, int64_t x_rows_per_split, int64_t style_plane, int64_t z_splits,
+                           int64_t z_rows_per_split) {
+  __shared__ float partial[kThreads];
+  __shared__ float sh_s[kMaxTx], sh_d[kMaxTx];
+  __shared__ double sh_q[kMaxTx];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int width = blockDim.x;
+  const int64_t nx = batch * channel_tiles * x_splits;
+  const int64_t units = nx + batch * channel_tiles * z_splits;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const bool is_x = u < nx;
+    const int64_t v = is_x ? u : u - nx;
+    const int64_t splits = is_x ? x_splits : z_splits;
+    const int64_t rps = is_x ? x_rows_per_split : z_rows_per_split;
+    const int64_t plane = is_x ? content_plane : style_plane;
+    const int64_t s = v % splits, tile = v / splits;
+    const int64_t n = tile / channel_tiles;
+    const int64_t c = (tile % channel_tiles) * width + tx;
+    const bool valid = c < channels;
+    const int64_t r0 = s * rps;
+    const int64_t r1 = r0 + rps < plane ? r0 + rps : plane;
+    const int64_t rows = r1 > r0 ? r1 - r0 : 0;
+    // the range as an (rows, C) tensor starting at row r0 of sample n
+    ColumnMoments(is_x ? content : style, (n * plane + r0) * channels + c, rows, channels, valid, partial, sh_s, sh_d,
+                  sh_q);
+    if (ty == 0 && valid) {
+      const int64_t k = (n * splits + s) * channels + c;
+      (is_x ? x_mean : z_mean)[k] = static_cast<double>(sh_s[tx]) + static_cast<double>(sh_d[tx]);
+      (is_x ? x_m2 : z_m2)[k] = rows > 0 ? sh_q[tx] : 0.0;
+    }
+    __syncthreads();  // the shared arrays are reused by the next unit
+  }
+}
+
+// (count, mean, m2) += (nb, mean_b, m2_b)  (Chan et al., double)
+__device__ __forceinline__ void Combine(double& n, double& mean, double& m2, double nb, double mean_b, double m2_b) {
+  if (nb == 0.0) return;
+  if (n == 0.0) {
+    n = nb, mean = mean_b, m2 = m2_b;
+    return;
+  }
+  const double nn = n + nb, delta = mean_b - mean;
+  mean += delta * (nb / nn);
+  m2 += m2_b + delta * delta * (n * nb / nn);
+  n = nn;
+}
+
+// mean and biased variance of a column from its ranges, in range order (NaN without rows)
+__device__ __forceinline__ void ColumnTotal(const double* mean, const double* m2, int64_t n, int64_t c,
+                                            int64_t channels, int64_t splits, int64_t rows_per_split, int64_t plane,
+                                            double* mu, double* var) {
+  double cnt = 0.0, mm = 0.0, q = 0.0;
+  for (int64_t s = 0; s < splits; ++s) {
+    const int64_t r0 = s * rows_per_split;
+    const int64_t r1 = r0 + rows_per_split < plane ? r0 + rows_per_split : plane;
+    if (r1 <= r0) continue;
+    const int64_t k = (n * splits + s) * channels + c;
+    Combine(cnt, mm, q, static_cast<double>(r1 - r0), mean[k], m2[k]);
+  }
+  *mu = cnt > 0.0 ? mm : nan("");
+  *var = cnt > 0.0 ? q / cnt : nan("");
+}
+
+// Split rows, kernel 2: per content unit, the coefficients of its columns from all ranges of
+// both tensors, then y over its rows.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    AdaINNhwcApplyKernel(const T* __restrict__ content, T* __restrict__ y, const double* __restrict__ x_mean,
+                         const double* __restrict__ x_m2, const double* __restrict__ z_mean,
+                         const double* __restrict__ z_m2, int64_t batch, int64_t channels, int64_t channel_tiles,
+                         int64_t content_plane, int64_t x_splits, int64_t x_rows_per_split, int64_t style_plane,
+                         int64_t z_splits, int64_t z_rows_per_split, float eps, float alpha) {
+  __shared__ float cm[kMaxTx], ca[kMaxTx], cb[kMaxTx];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int width = blockDim.x, height = blockDim.y;
+  const int64_t units = batch * channel_tiles * x_splits;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const int64_t s = u % x_splits, tile = u / x_splits;
+    const int64_t n = tile / channel_tiles;
+    const int64_t c = (tile % channel_tiles) * width + tx;
+    const bool valid = c < channels;
+    if (ty == 0 && valid) {
+      double mx, vx, mz, vz;
+      ColumnTotal(x_mean, x_m2, n, c, channels, x_splits, x_rows_per_split, content_plane, &mx, &vx);
+      ColumnTotal(z_mean, z_m2, n, c, channels, z_splits, z_rows_per_split, style_plane, &mz, &vz);
+      const double e = static_cast<double>(eps), al = static_cast<double>(alpha);
+      const double a = al * (sqrt(vz + e) / sqrt(vx + e)) + (1.0 - al);
+      const double b = al * mz + (1.0 - al) * mx;
+      const float m = static_cast<float>(mx);
+      const double rem = isfinite(mx) ? mx - static_cast<double>(m) : mx;  // NaN/Inf mean -> NaN b
+      cm[tx] = m;
+      ca[tx] = static_cast<float>(a);
+      cb[tx] = static_cast<float>(b - rem * a);
+    }
+    __syncthreads();
+    if (valid) {
+      const int64_t r0 = s * x_rows_per_split;
+      const int64_t r1 = r0 + x_rows_per_split < content_plane ? r0 + x_rows_per_split : content_plane;
+      const float m = cm[tx], a = ca[tx], b = cb[tx];
+      for (int64_t r = r0 + ty; r < r1; r += height) {
+        const int64_t i = (n * content_plane + r) * channels + c;
+        Store(y, i, fmaf(Load(content, i) - m, a, b));
+      }
+    }
+    __syncthreads();  // cm / ca / cb are reused by the next unit
+  }
+}
+
 }  // namespace
+
+size_t AdaINNhwcScratchBytes(int64_t batch, int64_t channels, int64_t content_plane, int64_t style_plane) noexcept {
+  if (batch <= 0 || channels <= 0 || content_plane <= 0) return 0;
+  const Plan px = MakePlan(batch, channels, content_plane), pz = MakePlan(batch, channels, style_plane);
+  if (px.splits == 1 && pz.splits == 1) return 0;
+  return static_cast<size_t>(2 * batch * channels * (px.splits + pz.splits)) * sizeof(double);
+}
 
 template <typename T>
 int LaunchAdaINNhwc(void* stream, const T* content, const T* style, T* y, int64_t batch, int64_t channels,
-                    int64_t content_plane, int64_t style_plane, float eps, float alpha) noexcept {
+                    int64_t content_plane, int64_t style_plane, float eps, float alpha, void* scratch) noexcept {
   if (batch <= 0 || channels <= 0 || content_plane <= 0) return cudaSuccess;
   int err = cuda::UseStreamDevice(stream);
   if (err != cudaSuccess) return err;
 
-  int width = 1;  // channels per block: the power of two >= C, at most kMaxTx
-  while (width < kMaxTx && width < channels) width *= 2;
-  const dim3 block(static_cast<unsigned>(width), static_cast<unsigned>(kThreads / width));
-  const int64_t channel_tiles = (channels + width - 1) / width;
-  const int64_t num_tiles = batch * channel_tiles;
-  const int64_t kMaxBlocks = int64_t{1} << 20;  // grid-stride loop covers the rest
-  const unsigned blocks = static_cast<unsigned>(num_tiles < kMaxBlocks ? num_tiles : kMaxBlocks);
-
+  const Plan px = MakePlan(batch, channels, content_plane), pz = MakePlan(batch, channels, style_plane);
+  const dim3 block(static_cast<unsigned>(px.width), static_cast<unsigned>(px.height));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
   using D = typename DeviceType<T>::type;
-  AdaINNhwcKernel<D><<<blocks, block, 0, static_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<const D*>(content), reinterpret_cast<const D*>(style), reinterpret_cast<D*>(y), batch,
-      channels, content_plane, style_plane, channel_tiles, eps, alpha);
+  const D* dc = reinterpret_cast<const D*>(content);
+  if (px.splits == 1 && pz.splits == 1) {  // one block per tile (grid-stride loop covers the rest)
+    AdaINNhwcKernel<D><<<GridFor(batch * px.channel_tiles), block, 0, st>>>(
+        dc, reinterpret_cast<const D*>(style), reinterpret_cast<D*>(y), batch, channels, content_plane, style_plane,
+        px.channel_tiles, eps, alpha);
+    return static_cast<int>(cudaGetLastError());
+  }
+  if (scratch == nullptr) return cudaErrorInvalidValue;  // AdaINNhwcScratchBytes() > 0
+  const int64_t nxk = batch * channels * px.splits, nzk = batch * channels * pz.splits;
+  double* x_mean = static_cast<double*>(scratch);
+  double* x_m2 = x_mean + nxk;
+  double* z_mean = x_m2 + nxk;
+  double* z_m2 = z_mean + nzk;
+  const int64_t tiles = batch * px.channel_tiles;
+  AdaINNhwcPartialKernel<D><<<GridFor(tiles * (px.splits + pz.splits)), block, 0, st>>>(
+      dc, reinterpret_cast<const D*>(style), x_mean, x_m2, z_mean, z_m2, batch, channels, px.channel_tiles,
+      content_plane, px.splits, px.rows_per_split, style_plane, pz.splits, pz.rows_per_split);
+  err = static_cast<int>(cudaGetLastError());
+  if (err != cudaSuccess) return err;
+  AdaINNhwcApplyKernel<D><<<GridFor(tiles * px.splits), block, 0, st>>>(
+      dc, reinterpret_cast<D*>(y), x_mean, x_m2, z_mean, z_m2, batch, channels, px.channel_tiles, content_plane,
+      px.splits, px.rows_per_split, style_plane, pz.splits, pz.rows_per_split, eps, alpha);
   return static_cast<int>(cudaGetLastError());
 }
 
 template int LaunchAdaINNhwc<float>(void*, const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t,
-                                    float, float) noexcept;
+                                    float, float, void*) noexcept;
 template int LaunchAdaINNhwc<half>(void*, const half*, const half*, half*, int64_t, int64_t, int64_t, int64_t, float,
-                                   float) noexcept;
+                                   float, void*) noexcept;
 
 }  // namespace adain
 }  // namespace normexport

@@ -3,6 +3,7 @@
 // cudaError_t value (0 = success; launch errors are checked with cudaGetLastError).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "normexport/common.h"
@@ -18,10 +19,14 @@ int LaunchFilterResponseNorm(void* stream, const T* x, T* y, const T* gamma, con
                              int64_t num_planes, int64_t channels, int64_t plane_size, float eps, bool tlu) noexcept;
 
 // Channels last (frn_nhwc_cuda.cu): X, Y hold batch * plane_size * channels contiguous
-// elements, (N, plane_size, C); gamma, beta, tau as above.
+// elements, (N, plane_size, C); gamma, beta, tau as above. scratch: device memory of
+// FilterResponseNormNhwcScratchBytes() bytes (nullptr when that is 0), used by the kernels
+// only (free to reuse once they have run on `stream`).
+size_t FilterResponseNormNhwcScratchBytes(int64_t batch, int64_t channels, int64_t plane_size) noexcept;
 template <typename T>
 int LaunchFilterResponseNormNhwc(void* stream, const T* x, T* y, const T* gamma, const T* beta, const T* tau,
-                                 int64_t batch, int64_t channels, int64_t plane_size, float eps, bool tlu) noexcept;
+                                 int64_t batch, int64_t channels, int64_t plane_size, float eps, bool tlu,
+                                 void* scratch) noexcept;
 
 }  // namespace frn
 }  // namespace normexport

@@ -5,6 +5,7 @@
 
 #include "filter_response_norm/frn_cuda.h"
 #include "filter_response_norm/frn_op.h"
+#include "normexport/nhwc_scratch.h"
 
 namespace normexport {
 namespace frn {
@@ -22,11 +23,18 @@ OrtStatus* ComputeCuda(const NodeContext& node, const Attrs& a, OrtKernelContext
     const T* gamma = static_cast<const T*>(p.gamma);
     const T* beta = static_cast<const T*>(p.beta);
     const T* tau = static_cast<const T*>(p.tau);
-    const int err = p.channels_last
-                        ? LaunchFilterResponseNormNhwc<T>(stream, x, y, gamma, beta, tau, p.N, p.C, p.plane_size,
-                                                          a.eps, a.tlu)
-                        : LaunchFilterResponseNorm<T>(stream, x, y, gamma, beta, tau, p.num_planes, p.C,
-                                                      p.plane_size, a.eps, a.tlu);
+    int err = 0;
+    if (p.channels_last) {  // split-row statistics need device scratch
+      const size_t bytes = FilterResponseNormNhwcScratchBytes(p.N, p.C, p.plane_size);
+      DeviceScratch scratch(kc, kc.GetInput(0), bytes);
+      if (bytes > 0 && scratch.get() == nullptr)
+        return node.Error(ORT_FAIL, "could not allocate ", bytes, " bytes of device scratch");
+      err = LaunchFilterResponseNormNhwc<T>(stream, x, y, gamma, beta, tau, p.N, p.C, p.plane_size, a.eps, a.tlu,
+                                            scratch.get());
+    } else {
+      err = LaunchFilterResponseNorm<T>(stream, x, y, gamma, beta, tau, p.num_planes, p.C, p.plane_size, a.eps,
+                                        a.tlu);
+    }
     if (err != 0) {
       return CudaErrorStatus(node, err,
                              StrCat("CUDA kernel launch failed (", OnnxType<T>::name, ", X shape ",

@@ -5,6 +5,10 @@
 // contiguous channels of 32 / tx rows (coalesced). Pass 1: per-thread Kahan-compensated float
 // sums of x^2 down the column, the ty partial sums of a column added in double; pass 2: the
 // fused scale/shift/TLU. 64-bit indexing throughout.
+// When there are fewer tiles than kTargetBlocks and the columns are long, the rows are split
+// into `splits` ranges (each block then does (tile, row range)) in two kernels: partial sums
+// of x^2 per (n, range, c) into device scratch (double), then every block adds its columns'
+// partials in range order (deterministic) and normalizes its rows.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -25,6 +29,30 @@ using cuda::Store;
 
 constexpr int kThreads = 512;
 constexpr int kMaxTx = 32;
+constexpr int64_t kTargetBlocks = 1024;  // enough blocks for any current GPU
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+
+// The launch shape: channels per block, rows split into `splits` ranges of rows_per_split.
+struct Plan {
+  int width = 1, height = kThreads;
+  int64_t channel_tiles = 0, splits = 1, rows_per_split = 0;
+};
+Plan MakePlan(int64_t batch, int64_t channels, int64_t rows) {
+  Plan p;
+  while (p.width < kMaxTx && p.width < channels) p.width *= 2;
+  p.height = kThreads / p.width;
+  p.channel_tiles = (channels + p.width - 1) / p.width;
+  const int64_t units = batch * p.channel_tiles;
+  if (units > 0 && units < kTargetBlocks && rows > 0) {
+    const int64_t by_blocks = (kTargetBlocks + units - 1) / units;
+    const int64_t by_rows = (rows + 4 * p.height - 1) / (4 * p.height);  // >= 4 rows per thread
+    p.splits = by_blocks < by_rows ? by_blocks : by_rows;
+    if (p.splits < 1) p.splits = 1;
+  }
+  p.rows_per_split = (rows + p.splits - 1) / p.splits;
+  if (p.rows_per_split > 0) p.splits = (rows + p.rows_per_split - 1) / p.rows_per_split;
+  return p;
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -78,35 +106,128 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Split rows, kernel 1: partial[(n * splits + s) * channels + c] = sum of x^2 over range s.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    FrnNhwcPartialKernel(const T* __restrict__ x, double* __restrict__ partial, int64_t batch, int64_t channels,
+                         int64_t plane_size, int64_t channel_tiles, int64_t splits, int64_t rows_per_split) {
+  __shared__ float part[kThreads];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int width = blockDim.x, height = blockDim.y;
+  const int64_t units = batch * channel_tiles * splits;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const int64_t s = u % splits, tile = u / splits;
+    const int64_t n = tile / channel_tiles;
+    const int64_t c = (tile % channel_tiles) * width + tx;
+    const bool valid = c < channels;
+    const int64_t r0 = s * rows_per_split;
+    const int64_t r1 = r0 + rows_per_split < plane_size ? r0 + rows_per_split : plane_size;
+    Kahan acc;
+    if (valid) {
+      for (int64_t r = r0 + ty; r < r1; r += height) {
+        const float v = Load(x, (n * plane_size + r) * channels + c);
+        acc.Add(v * v);
+      }
+    }
+    part[ty * width + tx] = acc.sum;
+    __syncthreads();
+    if (ty == 0 && valid) {
+      double t = 0.0;
+      for (int k = 0; k < height; ++k) t += static_cast<double>(part[k * width + tx]);
+      partial[(n * splits + s) * channels + c] = t;
+    }
+    __syncthreads();  // part is reused by the next unit
+  }
+}
+
+// Split rows, kernel 2: the column totals (ranges added in order), then the rows of range s.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    FrnNhwcApplyKernel(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ gamma,
+                       const T* __restrict__ beta, const T* __restrict__ tau, const double* __restrict__ partial,
+                       int64_t batch, int64_t channels, int64_t plane_size, int64_t channel_tiles, int64_t splits,
+                       int64_t rows_per_split, float eps, bool tlu) {
+  __shared__ float s_scale[kMaxTx];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int width = blockDim.x, height = blockDim.y;
+  const int64_t units = batch * channel_tiles * splits;
+  for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
+    const int64_t s = u % splits, tile = u / splits;
+    const int64_t n = tile / channel_tiles;
+    const int64_t c = (tile % channel_tiles) * width + tx;
+    const bool valid = c < channels;
+    if (ty == 0 && valid) {
+      double t = 0.0;
+      for (int64_t k = 0; k < splits; ++k) t += partial[(n * splits + k) * channels + c];
+      const double nu2 = t / static_cast<double>(plane_size);
+      s_scale[tx] = static_cast<float>(static_cast<double>(Load(gamma, c)) / sqrt(nu2 + static_cast<double>(eps)));
+    }
+    __syncthreads();
+    if (valid) {
+      const int64_t r0 = s * rows_per_split;
+      const int64_t r1 = r0 + rows_per_split < plane_size ? r0 + rows_per_split : plane_size;
+      const float scale = s_scale[tx];
+      const float shift = Load(beta, c);
+      const float t = tlu ? Load(tau, c) : 0.f;
+      const bool tau_nan = tlu && isnan(t);
+      for (int64_t r = r0 + ty; r < r1; r += height) {
+        const int64_t i = (n * plane_size + r) * channels + c;
+        float v = fmaf(Load(x, i), scale, shift);
+        if (tlu) v = (v < t || tau_nan) ? t : v;
+        Store(y, i, v);
+      }
+    }
+    __syncthreads();  // s_scale is reused by the next unit
+  }
+}
+
+unsigned GridFor(int64_t units) { return static_cast<unsigned>(units < kMaxBlocks ? units : kMaxBlocks); }
+
 }  // namespace
+
+size_t FilterResponseNormNhwcScratchBytes(int64_t batch, int64_t channels, int64_t plane_size) noexcept {
+  if (batch <= 0 || channels <= 0 || plane_size <= 0) return 0;
+  const Plan p = MakePlan(batch, channels, plane_size);
+  return p.splits > 1 ? static_cast<size_t>(batch * p.splits * channels) * sizeof(double) : 0;
+}
 
 template <typename T>
 int LaunchFilterResponseNormNhwc(void* stream, const T* x, T* y, const T* gamma, const T* beta, const T* tau,
-                                 int64_t batch, int64_t channels, int64_t plane_size, float eps, bool tlu) noexcept {
+                                 int64_t batch, int64_t channels, int64_t plane_size, float eps, bool tlu,
+                                 void* scratch) noexcept {
   if (batch <= 0 || channels <= 0 || plane_size <= 0) return cudaSuccess;
   int err = cuda::UseStreamDevice(stream);
   if (err != cudaSuccess) return err;
 
-  int width = 1;  // channels per block: the power of two >= C, at most kMaxTx
-  while (width < kMaxTx && width < channels) width *= 2;
-  const dim3 block(static_cast<unsigned>(width), static_cast<unsigned>(kThreads / width));
-  const int64_t channel_tiles = (channels + width - 1) / width;
-  const int64_t num_tiles = batch * channel_tiles;
-  const int64_t kMaxBlocks = int64_t{1} << 20;  // grid-stride loop covers the rest
-  const unsigned blocks = static_cast<unsigned>(num_tiles < kMaxBlocks ? num_tiles : kMaxBlocks);
-
+  const Plan p = MakePlan(batch, channels, plane_size);
+  const dim3 block(static_cast<unsigned>(p.width), static_cast<unsigned>(p.height));
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
   using D = typename DeviceType<T>::type;
-  FilterResponseNormNhwcKernel<D><<<blocks, block, 0, static_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<const D*>(x), reinterpret_cast<D*>(y), reinterpret_cast<const D*>(gamma),
-      reinterpret_cast<const D*>(beta), reinterpret_cast<const D*>(tau), batch, channels, plane_size, channel_tiles,
-      eps, tlu);
+  const D* dx = reinterpret_cast<const D*>(x);
+  if (p.splits == 1) {  // one block per tile (grid-stride loop covers the rest)
+    FilterResponseNormNhwcKernel<D><<<GridFor(batch * p.channel_tiles), block, 0, st>>>(
+        dx, reinterpret_cast<D*>(y), reinterpret_cast<const D*>(gamma), reinterpret_cast<const D*>(beta),
+        reinterpret_cast<const D*>(tau), batch, channels, plane_size, p.channel_tiles, eps, tlu);
+    return static_cast<int>(cudaGetLastError());
+  }
+  if (scratch == nullptr) return cudaErrorInvalidValue;  // FilterResponseNormNhwcScratchBytes() > 0
+  double* partial = static_cast<double*>(scratch);
+  const unsigned blocks = GridFor(batch * p.channel_tiles * p.splits);
+  FrnNhwcPartialKernel<D><<<blocks, block, 0, st>>>(dx, partial, batch, channels, plane_size, p.channel_tiles,
+                                                    p.splits, p.rows_per_split);
+  err = static_cast<int>(cudaGetLastError());
+  if (err != cudaSuccess) return err;
+  FrnNhwcApplyKernel<D><<<blocks, block, 0, st>>>(
+      dx, reinterpret_cast<D*>(y), reinterpret_cast<const D*>(gamma), reinterpret_cast<const D*>(beta),
+      reinterpret_cast<const D*>(tau), partial, batch, channels, plane_size, p.channel_tiles, p.splits,
+      p.rows_per_split, eps, tlu);
   return static_cast<int>(cudaGetLastError());
 }
 
 template int LaunchFilterResponseNormNhwc<float>(void*, const float*, float*, const float*, const float*,
-                                                 const float*, int64_t, int64_t, int64_t, float, bool) noexcept;
+                                                 const float*, int64_t, int64_t, int64_t, float, bool, void*) noexcept;
 template int LaunchFilterResponseNormNhwc<half>(void*, const half*, half*, const half*, const half*, const half*,
-                                                int64_t, int64_t, int64_t, float, bool) noexcept;
+                                                int64_t, int64_t, int64_t, float, bool, void*) noexcept;
 
 }  // namespace frn
 }  // namespace normexport

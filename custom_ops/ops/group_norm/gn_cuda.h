@@ -3,6 +3,7 @@
 // errors are checked with cudaGetLastError).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "normexport/common.h"
@@ -17,10 +18,14 @@ int LaunchGroupNorm(void* stream, const T* x, T* y, const T* scale, const T* bia
                     int64_t spatial, int64_t num_groups, float eps, int activation) noexcept;
 
 // Channels last (gn_nhwc_cuda.cu): X, Y hold N * spatial * C contiguous elements, (N, spatial,
-// C); scale, bias: C elements. Same arguments and result otherwise.
+// C); scale, bias: C elements. scratch: device memory of GroupNormNhwcScratchBytes() bytes
+// (nullptr when that is 0), used by the kernels only (free to reuse once they have run on
+// `stream`). Same arguments and result otherwise.
+size_t GroupNormNhwcScratchBytes(int64_t batch, int64_t channels, int64_t spatial, int64_t num_groups) noexcept;
 template <typename T>
 int LaunchGroupNormNhwc(void* stream, const T* x, T* y, const T* scale, const T* bias, int64_t batch,
-                        int64_t channels, int64_t spatial, int64_t num_groups, float eps, int activation) noexcept;
+                        int64_t channels, int64_t spatial, int64_t num_groups, float eps, int activation,
+                        void* scratch) noexcept;
 
 }  // namespace gn
 }  // namespace normexport

@@ -27,6 +27,7 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 
+using std::isfinite;
 using std::isnan;
 
 struct dim3 {
