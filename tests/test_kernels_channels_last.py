@@ -581,4 +581,7 @@ def test_cuda_kernels_in_cpu_emulation(tmp_path):
     lines = [ln for ln in r.stdout.splitlines() if ln.endswith("PASS") and " nhwc " in ln]
     for op in ("GroupNorm", "FilterResponseNorm", "AdaIN"):
         assert sum(ln.startswith(op) for ln in lines) >= 8, out[-4000:]
+        # both the one-kernel path and the split-row path (two kernels + scratch) ran
+        assert any(ln.startswith(op) and " split " in ln for ln in lines), out[-4000:]
+        assert any(ln.startswith(op) and " split " not in ln for ln in lines), out[-4000:]
     assert r.stdout.rstrip().endswith("0 failed: PASS"), out[-4000:]
