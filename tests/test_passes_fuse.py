@@ -2,8 +2,9 @@
 
 - plain torch modules (tests/_plain_norms.py: nn.GroupNorm, FRN / AdaIN / SPADE written as
   their papers' code writes them) exported by both torch exporters (torch.export path
-  ``dynamo=True`` and TorchScript ``dynamo=False``) at opsets 17 / 18 / 20: fused into one
-  normexport node where the model's opset is >= 18 (refused with the reason below), and the
+  ``dynamo=True`` and TorchScript ``dynamo=False``) at opsets 17 / 18 / 20 (and 14): fused into
+  one normexport node where the model's opset is >= MIN_OPSET, the lowest opset the function
+  bodies are written for (refused with the reason below), and the
   fused model run in ORT with the op library (kernel) and without it (function body), both
   against an independent float64 numpy reference of the module's math;
 - the ONNX backend node tests of GroupNormalization (generated from the installed onnx
@@ -32,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import normexport
 from normexport.export import attach_functions
+from normexport.ops._onnx import MIN_OPSET
 from normexport.passes import RULES
 from normexport.passes.base import run_rules
 from normexport.reference._conv import conv as ref_conv
@@ -214,9 +216,9 @@ def test_torch_export_fused(library, kind, dynamo, opset):
     model = export(module, args, dynamo, opset)
     feeds = {i.name: a.numpy() for i, a in zip(model.graph.input, args)}
     out, run = fuse(model)
-    if opset_of(model) < 18:     # the dynamo exporter may keep opset 18 when conversion fails
+    if opset_of(model) < MIN_OPSET:
         assert_untouched(model, out, run)
-        assert any(f"model opset {opset_of(model)} < 18" in r for r in reasons(run)), reasons(run)
+        assert any(f"model opset {opset_of(model)} < {MIN_OPSET}" in r for r in reasons(run)), reasons(run)
         return
     counts = ops(out)
     assert counts[f"normexport::{op_type}"] == 1, (counts, reasons(run))
@@ -505,11 +507,31 @@ def test_gn_reducemean_intermediate_used_twice_refused():
     assert any("'var' is a graph output" in r for r in reasons(run)), reasons(run)
 
 
-def test_gn_reducemean_opset17_refused():
-    model, _, _ = gn_reducemean_model(opset=17)
+def test_gn_reducemean_old_opset_refused():
+    """Below the lowest opset of the function bodies the node could not carry its fallback."""
+    model, _, _ = gn_reducemean_model(opset=MIN_OPSET - 1)
     out, run = fuse(model)
     assert_untouched(model, out, run)
-    assert any("model opset 17 < 18" in r for r in reasons(run))
+    assert any(f"model opset {MIN_OPSET - 1} < {MIN_OPSET}" in r for r in reasons(run))
+
+
+def test_gn_reducemean_opset17_fused(library):
+    """Opset 17 (ReduceMean axes as an attribute): fused, the function body for opset 17."""
+    model, w, b = gn_reducemean_model(opset=17)
+    out, run = fuse(model)
+    assert ops(out) == Counter({"normexport::GroupNorm": 1}), reasons(run)
+    x = np.random.default_rng(2).standard_normal((2, 8, 5, 6)).astype(np.float32)
+    for path, y in run_both(out, {"x": x}).items():
+        assert_close(y, np_group_norm(x, 4, w.reshape(-1), b.reshape(-1), 1e-5), f"gn reducemean opset 17 {path}")
+
+
+@pytest.mark.parametrize("kind", ["gn", "frn", "spade_batch"])
+def test_torch_export_opset14_refused(kind):
+    module, args, _, _ = make_case(kind)
+    model = export(module.eval(), args, False, 14)
+    out, run = fuse(model)
+    assert_untouched(model, out, run)
+    assert any(f"model opset 14 < {MIN_OPSET}" in r for r in reasons(run)), reasons(run)
 
 
 def gn_instancenorm_model(c=8, groups=4, in_scale_input=False, shape=(2, 8, 5, 6)):

@@ -6,7 +6,8 @@ Target (``normexport/ops/adain.py``): ``Y = sigma(s) * (c - mu(c)) / sigma(c) + 
 
 Pattern ``fuse-adain`` (naoto0804/pytorch-AdaIN ``adaptive_instance_normalization`` /
 ``calc_mean_std`` as both torch exporters write it, and the biased-variance form; content c
-and style s of shape (N, C, *spatial), same rank, N and C; model opset >= 18)::
+and style s of shape (N, C, *spatial), same rank, N and C; model opset >= MIN_OPSET = 15, the
+lowest the function bodies are written for)::
 
     V(t)     = Reshape(t, (N, C, -1))      (or t itself, reducing all spatial axes)
     mu(t)    = ReduceMean(V(t), spatial)

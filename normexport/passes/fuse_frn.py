@@ -7,7 +7,8 @@ epsilon.
 
 Pattern ``fuse-frn`` (the paper's code, ``nu2 = x.pow(2).mean(dim=[2, 3], keepdim=True);
 x = x * torch.rsqrt(nu2 + eps.abs()); max(gamma * x + beta, tau)``, as both torch exporters
-write it; X of shape (N, C, *spatial), rank >= 3, C static, model opset >= 18)::
+write it; X of shape (N, C, *spatial), rank >= 3, C static, model opset >= MIN_OPSET = 15, the
+lowest the function bodies are written for)::
 
     NU2 = ReduceMean(Pow(X, 2) | Mul(X, X), axes = all spatial axes, keepdims=1)
     Q   = Sqrt(Add(NU2, eps))          # eps: a scalar constant, also Abs(constant) (legacy
@@ -20,7 +21,7 @@ Math: ``x * rsqrt(nu2 + |eps|)`` = ``x / sqrt(nu2 + eps')`` with ``eps' = |eps|`
 effective epsilon), so the attribute is ``eps = |eps|`` exactly; a missing Mul / Add / Max is
 gamma = 1, beta = 0, tlu = 0. Not fused (NoMatch with the reason): eps not a scalar constant
 (e.g. per channel), axes other than all spatial ones, the square or the statistics shared with
-other nodes, a Mul / Add / Max by a constant that is not per channel, rank < 3, opset < 18.
+other nodes, a Mul / Add / Max by a constant that is not per channel, rank < 3, opset < MIN_OPSET.
 """
 
 from __future__ import annotations

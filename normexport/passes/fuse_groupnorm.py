@@ -5,7 +5,8 @@ Target (``normexport/ops/groupnorm.py``): per sample n and group g of C/G consec
 and biased variance of ``X[n, group g, ...]``; ``activation`` 0, or 1 / 2 when a ReLU / SiLU
 follows (below).
 
-Patterns (X of shape (N, C, *spatial), C static, model opset >= 18):
+Patterns (X of shape (N, C, *spatial), C static, model opset >= MIN_OPSET = 15, the lowest the
+function bodies are written for; below 18 ReduceMean takes its axes as an attribute):
 
 ``fuse-groupnorm-instancenorm`` (both torch exporters write ``nn.GroupNorm`` this way)::
 
@@ -46,7 +47,7 @@ Not fused (NoMatch with the reason): a Reshape whose group count does not divide
 across channel boundaries), a target other than (N, G, rest), reduce axes other than the group
 axes, eps outside the square root, a Mul / Add after the pattern by a constant that is not per
 channel (the graph is left as it is rather than half-fused), shared intermediates, non-constant
-statistics parameters, unknown channel count, model opset < 18.
+statistics parameters, unknown channel count, model opset < MIN_OPSET (15).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ and beta_map have X's shape.
 
 Pattern ``fuse-spade`` (NVlabs/SPADE ``normalized * (1 + gamma) + beta`` with
 ``param_free_norm`` = ``BatchNorm2d(affine=False)`` in eval or ``InstanceNorm2d(affine=False)``,
-as both torch exporters write it; model opset >= 18)::
+as both torch exporters write it; model opset >= MIN_OPSET = 15, the lowest the function bodies
+are written for)::
 
     H  = InstanceNormalization(X, ones(C), zeros(C), epsilon)                      # mode 1
        | BatchNormalization(X, ones(C), zeros(C), mean, var, epsilon), inference  # mode 0
