@@ -117,3 +117,23 @@ class FunctionBody:
             attributes=list(required),
             attribute_protos=[helper.make_attribute(k, v) for k, v in defaults.items()],
             doc_string=doc)
+
+
+def channel_layout(f: FunctionBody, x: str) -> tuple[str, str, str, str, str]:
+    """(shape, N, C, A, B) of ``x`` for the function's ``channels_last`` attribute, all 1-element
+    int64 tensors but the shape: ``x`` reshapes to (N, A, C, B) for any rank >= 2 and either
+    layout, channels first (N, 1, C, prod(spatial)) or channels last (N, prod(spatial), C, 1).
+    N is multiplied by 0 when channels_last is neither 0 nor 1, so the Reshape fails (unless
+    X is empty)."""
+    shp = f.op("Shape", x)
+    cl = f.reshape(f.attr_const("channels_last", "int"), f.const_i64([1]))
+    last = f.op("Equal", cl, f.const_i64([1]))
+    valid = f.op("Cast", f.op("Or", last, f.op("Equal", cl, f.const_i64([0]))), to=onnx.TensorProto.INT64)
+    n = f.op("Mul", f.op("Slice", shp, f.const_i64([0]), f.const_i64([1])), valid)
+    c = f.op("Where", last, f.op("Slice", shp, f.const_i64([-1]), f.const_i64([2**62])),
+             f.op("Slice", shp, f.const_i64([1]), f.const_i64([2])))
+    s = f.op("Where", last,
+             f.op("ReduceProd", f.op("Slice", shp, f.const_i64([1]), f.const_i64([-1])), keepdims=1),
+             f.op("ReduceProd", f.op("Slice", shp, f.const_i64([2]), f.const_i64([2**62])), keepdims=1))
+    one = f.const_i64([1])
+    return shp, n, c, f.op("Where", last, s, one), f.op("Where", last, one, s)

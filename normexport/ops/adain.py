@@ -29,8 +29,7 @@ from onnxscript import FLOAT
 from onnxscript import opset18 as _op
 
 from ..nn.adain import AdaIN, _adain, _check
-from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody
-from .groupnorm import channel_layout
+from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody, channel_layout
 
 OP_TYPE = "AdaIN"
 

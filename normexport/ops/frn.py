@@ -26,8 +26,7 @@ from onnxscript import opset18 as _op
 from onnx import TensorProto
 
 from ..nn.frn import _FilterResponseNormNd, filter_response_norm
-from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody
-from .groupnorm import channel_layout
+from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody, channel_layout
 
 OP_TYPE = "FilterResponseNorm"
 

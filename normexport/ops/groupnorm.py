@@ -35,7 +35,7 @@ from onnxscript import FLOAT
 from onnxscript import opset18 as _op
 from torch import nn
 
-from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody
+from ._onnx import DOMAIN, DOMAIN_VERSION, FunctionBody, channel_layout
 
 OP_TYPE = "GroupNorm"
 ACTIVATIONS = {0: "none", 1: "relu", 2: "silu"}
@@ -76,26 +76,6 @@ def gn_call(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     scale = module.weight if module.weight is not None else x.new_ones(c)
     bias = module.bias if module.bias is not None else x.new_zeros(c)
     return torch.ops.normexport.group_norm(x, scale, bias, module.num_groups, float(module.eps), 0)
-
-
-def channel_layout(f: FunctionBody, x: str) -> tuple[str, str, str, str, str]:
-    """(shape, N, C, A, B) of ``x`` for the function's ``channels_last`` attribute, all 1-element
-    int64 tensors but the shape: ``x`` reshapes to (N, A, C, B) for any rank >= 2 and either
-    layout, channels first (N, 1, C, prod(spatial)) or channels last (N, prod(spatial), C, 1).
-    N is multiplied by 0 when channels_last is neither 0 nor 1, so the Reshape fails (unless
-    X is empty)."""
-    shp = f.op("Shape", x)
-    cl = f.reshape(f.attr_const("channels_last", "int"), f.const_i64([1]))
-    last = f.op("Equal", cl, f.const_i64([1]))
-    valid = f.op("Cast", f.op("Or", last, f.op("Equal", cl, f.const_i64([0]))), to=onnx.TensorProto.INT64)
-    n = f.op("Mul", f.op("Slice", shp, f.const_i64([0]), f.const_i64([1])), valid)
-    c = f.op("Where", last, f.op("Slice", shp, f.const_i64([-1]), f.const_i64([2**62])),
-             f.op("Slice", shp, f.const_i64([1]), f.const_i64([2])))
-    s = f.op("Where", last,
-             f.op("ReduceProd", f.op("Slice", shp, f.const_i64([1]), f.const_i64([-1])), keepdims=1),
-             f.op("ReduceProd", f.op("Slice", shp, f.const_i64([2]), f.const_i64([2**62])), keepdims=1))
-    one = f.const_i64([1])
-    return shp, n, c, f.op("Where", last, s, one), f.op("Where", last, one, s)
 
 
 def gn_function(opset: int) -> onnx.FunctionProto:
