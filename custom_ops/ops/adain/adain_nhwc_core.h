@@ -37,71 +37,13 @@ namespace adain {
 namespace nhwc {
 
 inline constexpr int64_t kMaxBlockChannels = ::normexport::nhwc::kMaxColumns;
-inline constexpr int64_t kTileElements = int64_t{1} << 15;
 
-struct Moments {
-  int64_t count = 0;
-  double mean = 0.0;
-  double m2 = 0.0;
-};
-
-// Chan et al.'s pairwise combination.
-inline Moments Combine(const Moments& a, const Moments& b) noexcept {
-  if (a.count == 0) return b;
-  if (b.count == 0) return a;
-  Moments r;
-  r.count = a.count + b.count;
-  const double n = static_cast<double>(r.count);
-  const double delta = b.mean - a.mean;
-  r.mean = a.mean + delta * (static_cast<double>(b.count) / n);
-  r.m2 = a.m2 + b.m2 + delta * delta * (static_cast<double>(a.count) * static_cast<double>(b.count) / n);
-  return r;
-}
-
-struct Tiling {
-  int64_t N = 0, S = 0, C = 0;
-  int64_t block_width = 0, num_blocks = 0;
-  int64_t rows_per_tile = 0, row_tiles = 0;
-
-  int64_t num_tiles() const noexcept { return N * row_tiles * num_blocks; }
-  int64_t tile_elements() const noexcept { return rows_per_tile * block_width; }
-};
-
-// N >= 0, S >= 0, C > 0 (S == 0 or N == 0: no tiles)
-inline Tiling MakeTiling(int64_t N, int64_t S, int64_t C) noexcept {
-  Tiling t;
-  t.N = N, t.S = S, t.C = C;
-  t.num_blocks = (C + kMaxBlockChannels - 1) / kMaxBlockChannels;
-  t.block_width = (C + t.num_blocks - 1) / t.num_blocks;
-  t.rows_per_tile = std::max<int64_t>(1, std::min(S, kTileElements / t.block_width));
-  t.row_tiles = (S + t.rows_per_tile - 1) / t.rows_per_tile;
-  return t;
-}
-
-// tile index -> sample, row tile, columns [c0, c1), rows [r0, r0 + rows)
-struct Tile {
-  int64_t n, rt, c0, c1, r0, rows;
-};
-inline Tile TileOf(const Tiling& t, int64_t tile) noexcept {
-  Tile r;
-  const int64_t b = tile % t.num_blocks;
-  r.rt = (tile / t.num_blocks) % t.row_tiles;
-  r.n = tile / (t.num_blocks * t.row_tiles);
-  r.c0 = b * t.block_width;
-  r.c1 = std::min(t.C, r.c0 + t.block_width);
-  r.r0 = r.rt * t.rows_per_tile;
-  r.rows = std::min(t.rows_per_tile, t.S - r.r0);
-  return r;
-}
-
-template <typename T>
-inline double ToDouble(T v) noexcept {
-  if constexpr (std::is_same<T, half>::value) {
-    return static_cast<double>(half_bits_to_float(v.bits));
-  } else {
-    return static_cast<double>(v);
-  }
-}
+using ::normexport::nhwc::Combine;
+using ::normexport::nhwc::MakeTiling;  // equal-width channel blocks: the same in both tensors
+using ::normexport::nhwc::Moments;
+using ::normexport::nhwc::Tile;
+using ::normexport::nhwc::TileOf;
+using ::normexport::nhwc::Tiling;
 
 // Column moments of one tile: out[j] for column tl.c0 + j. `x` points at the tensor's first
 // element.
@@ -126,20 +68,11 @@ inline void TileColumnMoments(const T* x, const Tiling& t, const Tile& tl, Momen
 template <typename T, typename Cmp>
 inline void TileApply(const T* x, T* y, const Tiling& t, const Tile& tl, const Cmp* mm, const Cmp* aa,
                       const Cmp* bb) noexcept {
-  const int64_t w = tl.c1 - tl.c0;
-  for (int64_t r = tl.r0; r < tl.r0 + tl.rows; ++r) {
-    const int64_t off = (tl.n * t.S + r) * t.C + tl.c0;
-    if constexpr (std::is_same<T, half>::value) {
-      float buf[kMaxBlockChannels];
-      half_to_float_n(x + off, buf, static_cast<size_t>(w));
-      for (int64_t j = 0; j < w; ++j) buf[j] = (buf[j] - mm[j]) * aa[j] + bb[j];
-      float_to_half_n(buf, y + off, static_cast<size_t>(w));
-    } else {
-      const T* xr = x + off;
-      T* yr = y + off;
-      for (int64_t j = 0; j < w; ++j) yr[j] = (xr[j] - mm[j]) * aa[j] + bb[j];
-    }
-  }
+  const int64_t off = tl.n * t.S * t.C + tl.c0;
+  ::normexport::nhwc::MapRows(x + off, y + off, t.C, tl.r0, tl.rows, tl.c1 - tl.c0,
+                              [&](const auto* in, auto* out, int64_t w) noexcept {
+                                for (int64_t j = 0; j < w; ++j) out[j] = (in[j] - mm[j]) * aa[j] + bb[j];
+                              });
 }
 
 // The per-plane coefficients (m, a, b) from the content and style moments.

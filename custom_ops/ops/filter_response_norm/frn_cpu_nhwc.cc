@@ -34,22 +34,14 @@ OrtStatus* ComputeCpuNhwc(const NodeContext& node, const Attrs& a, OrtKernelCont
     const float eps = a.eps;
     const bool tlu = a.tlu;
 
-    auto decode = [&t](int64_t tile, int64_t* n, int64_t* rt, int64_t* b) {
-      *b = tile % t.num_blocks;
-      *rt = (tile / t.num_blocks) % t.row_tiles;
-      *n = tile / (t.num_blocks * t.row_tiles);
-    };
-
-    if (t.fused()) {
+    if (nhwc::Fused(t)) {
       ParallelRanges(kc, t.num_tiles(), min_tiles, [&](int64_t begin, int64_t end) noexcept {
         double sum_sq[nhwc::kMaxBlockChannels];
         for (int64_t tile = begin; tile < end; ++tile) {
-          int64_t n, rt, b, c0, c1;
-          decode(tile, &n, &rt, &b);
-          nhwc::BlockColumns(t, b, &c0, &c1);
-          nhwc::TileSumSquares<T>(x + n * sample, t, c0, c1, 0, p.plane_size, sum_sq);
-          nhwc::TileNormalize<T>(x + n * sample, y + n * sample, gamma, beta, tau, t, c0, c1, 0, p.plane_size,
-                                 sum_sq, eps, tlu);
+          const nhwc::Tile tl = nhwc::TileOf(t, tile);
+          nhwc::TileSumSquares<T>(x + tl.n * sample, t, tl.c0, tl.c1, 0, p.plane_size, sum_sq);
+          nhwc::TileNormalize<T>(x + tl.n * sample, y + tl.n * sample, gamma, beta, tau, t, tl.c0, tl.c1, 0,
+                                 p.plane_size, sum_sq, eps, tlu);
         }
       });
       return nullptr;
@@ -59,13 +51,9 @@ OrtStatus* ComputeCpuNhwc(const NodeContext& node, const Attrs& a, OrtKernelCont
     std::vector<double> partial(static_cast<size_t>(p.N * t.row_tiles * p.C));
     ParallelRanges(kc, t.num_tiles(), min_tiles, [&](int64_t begin, int64_t end) noexcept {
       for (int64_t tile = begin; tile < end; ++tile) {
-        int64_t n, rt, b, c0, c1;
-        decode(tile, &n, &rt, &b);
-        nhwc::BlockColumns(t, b, &c0, &c1);
-        const int64_t r0 = rt * t.rows_per_tile;
-        const int64_t rows = std::min(t.rows_per_tile, p.plane_size - r0);
-        nhwc::TileSumSquares<T>(x + n * sample, t, c0, c1, r0, rows,
-                                partial.data() + (n * t.row_tiles + rt) * p.C + c0);
+        const nhwc::Tile tl = nhwc::TileOf(t, tile);
+        nhwc::TileSumSquares<T>(x + tl.n * sample, t, tl.c0, tl.c1, tl.r0, tl.rows,
+                                partial.data() + (tl.n * t.row_tiles + tl.rt) * p.C + tl.c0);
       }
     });
     std::vector<double> total(static_cast<size_t>(p.N * p.C), 0.0);
@@ -77,13 +65,9 @@ OrtStatus* ComputeCpuNhwc(const NodeContext& node, const Attrs& a, OrtKernelCont
       }
     ParallelRanges(kc, t.num_tiles(), min_tiles, [&](int64_t begin, int64_t end) noexcept {
       for (int64_t tile = begin; tile < end; ++tile) {
-        int64_t n, rt, b, c0, c1;
-        decode(tile, &n, &rt, &b);
-        nhwc::BlockColumns(t, b, &c0, &c1);
-        const int64_t r0 = rt * t.rows_per_tile;
-        const int64_t rows = std::min(t.rows_per_tile, p.plane_size - r0);
-        nhwc::TileNormalize<T>(x + n * sample, y + n * sample, gamma, beta, tau, t, c0, c1, r0, rows,
-                               total.data() + n * p.C + c0, eps, tlu);
+        const nhwc::Tile tl = nhwc::TileOf(t, tile);
+        nhwc::TileNormalize<T>(x + tl.n * sample, y + tl.n * sample, gamma, beta, tau, t, tl.c0, tl.c1, tl.r0,
+                               tl.rows, total.data() + tl.n * p.C + tl.c0, eps, tlu);
       }
     });
     return nullptr;

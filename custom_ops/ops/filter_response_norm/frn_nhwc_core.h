@@ -31,54 +31,15 @@ namespace frn {
 namespace nhwc {
 
 inline constexpr int64_t kMaxBlockChannels = ::normexport::nhwc::kMaxColumns;
-inline constexpr int64_t kTileElements = int64_t{1} << 15;
 
-struct Tiling {
-  int64_t N = 0, S = 0, C = 0;
-  int64_t block_width = 0, num_blocks = 0;
-  int64_t rows_per_tile = 0, row_tiles = 0;
-
-  int64_t num_tiles() const noexcept { return N * row_tiles * num_blocks; }
-  int64_t tile_elements() const noexcept { return rows_per_tile * block_width; }
-  bool fused() const noexcept { return row_tiles == 1; }
-};
-
-// N, S, C > 0
-inline Tiling MakeTiling(int64_t N, int64_t S, int64_t C) noexcept {
-  Tiling t;
-  t.N = N, t.S = S, t.C = C;
-  t.num_blocks = (C + kMaxBlockChannels - 1) / kMaxBlockChannels;
-  t.block_width = (C + t.num_blocks - 1) / t.num_blocks;  // equal-width blocks
-  t.rows_per_tile = std::max<int64_t>(1, std::min(S, kTileElements / t.block_width));
-  t.row_tiles = (S + t.rows_per_tile - 1) / t.rows_per_tile;
-  return t;
-}
-
-// columns [c0, c1) of block b
-inline void BlockColumns(const Tiling& t, int64_t b, int64_t* c0, int64_t* c1) noexcept {
-  *c0 = b * t.block_width;
-  *c1 = std::min(t.C, *c0 + t.block_width);
-}
+// equal-width channel blocks (N, S, C > 0); one row tile: statistics and normalization fused
+using ::normexport::nhwc::MakeTiling;
+using ::normexport::nhwc::Tile;
+using ::normexport::nhwc::TileOf;
+using ::normexport::nhwc::Tiling;
+inline bool Fused(const Tiling& t) noexcept { return t.row_tiles == 1; }
 
 namespace detail {
-
-template <typename T>
-struct compute_type {
-  using type = float;
-};
-template <>
-struct compute_type<double> {
-  using type = double;
-};
-
-template <typename T>
-inline double to_double(T v) noexcept {
-  if constexpr (std::is_same<T, half>::value) {
-    return static_cast<double>(half_bits_to_float(v.bits));
-  } else {
-    return static_cast<double>(v);
-  }
-}
 
 // y[j] = x[j] * s[j] + b[j], then max(y, tau[j]) NaN-propagating; x and y may alias exactly.
 template <typename C>
@@ -109,26 +70,19 @@ inline void TileSumSquares(const T* x, const Tiling& t, int64_t c0, int64_t c1, 
 template <typename T>
 inline void TileNormalize(const T* x, T* y, const T* gamma, const T* beta, const T* tau, const Tiling& t, int64_t c0,
                           int64_t c1, int64_t r0, int64_t rows, const double* sum_sq, float eps, bool tlu) noexcept {
-  using C = typename detail::compute_type<T>::type;
+  using C = typename ::normexport::nhwc::ComputeType<T>::type;
+  using ::normexport::nhwc::ToDouble;
   const int64_t w = c1 - c0;
   C s[kMaxBlockChannels], b[kMaxBlockChannels], ta[kMaxBlockChannels];
   for (int64_t j = 0; j < w; ++j) {
     const double nu2 = sum_sq[j] / static_cast<double>(t.S);
-    s[j] = static_cast<C>(detail::to_double(gamma[c0 + j]) / std::sqrt(nu2 + static_cast<double>(eps)));
-    b[j] = static_cast<C>(detail::to_double(beta[c0 + j]));
-    ta[j] = tlu ? static_cast<C>(detail::to_double(tau[c0 + j])) : C(0);
+    s[j] = static_cast<C>(ToDouble(gamma[c0 + j]) / std::sqrt(nu2 + static_cast<double>(eps)));
+    b[j] = static_cast<C>(ToDouble(beta[c0 + j]));
+    ta[j] = tlu ? static_cast<C>(ToDouble(tau[c0 + j])) : C(0);
   }
-  for (int64_t r = r0; r < r0 + rows; ++r) {
-    const int64_t off = r * t.C + c0;
-    if constexpr (std::is_same<T, half>::value) {
-      float buf[kMaxBlockChannels];
-      half_to_float_n(x + off, buf, static_cast<size_t>(w));
-      detail::affine_tlu<float>(buf, buf, w, s, b, ta, tlu);
-      float_to_half_n(buf, y + off, static_cast<size_t>(w));
-    } else {
-      detail::affine_tlu<C>(x + off, y + off, w, s, b, ta, tlu);
-    }
-  }
+  ::normexport::nhwc::MapRows(x + c0, y + c0, t.C, r0, rows, w, [&](const C* in, C* out, int64_t n) noexcept {
+    detail::affine_tlu<C>(in, out, n, s, b, ta, tlu);
+  });
 }
 
 }  // namespace nhwc

@@ -33,22 +33,15 @@ OrtStatus* ComputeCpuNhwc(const NodeContext& node, const Attrs& a, OrtKernelCont
     const float eps = a.eps;
     const int act = a.activation;
 
-    // tile index -> (sample, row tile, block)
-    auto decode = [&t](int64_t tile, int64_t* n, int64_t* rt, int64_t* b) {
-      *b = tile % t.num_blocks;
-      *rt = (tile / t.num_blocks) % t.row_tiles;
-      *n = tile / (t.num_blocks * t.row_tiles);
-    };
-
     if (t.fused()) {
       ParallelRanges(kc, t.num_tiles(), min_tiles, [&](int64_t begin, int64_t end) noexcept {
         nhwc::Moments mom[nhwc::kMaxBlockChannels];  // whole-group blocks: <= kMaxBlockChannels groups
         for (int64_t tile = begin; tile < end; ++tile) {
-          int64_t n, rt, b;
-          decode(tile, &n, &rt, &b);
-          const nhwc::Block blk = nhwc::BlockOf(t, b);
-          nhwc::TileMoments<T>(x + n * sample, t, blk, 0, p.spatial, mom);
-          nhwc::TileNormalize<T>(x + n * sample, y + n * sample, scale, bias, t, blk, 0, p.spatial, mom, eps, act);
+          const nhwc::Tile tl = nhwc::TileOf(t, tile);
+          const nhwc::Block blk = nhwc::BlockOf(t, tl.b);
+          nhwc::TileMoments<T>(x + tl.n * sample, t, blk, 0, p.spatial, mom);
+          nhwc::TileNormalize<T>(x + tl.n * sample, y + tl.n * sample, scale, bias, t, blk, 0, p.spatial, mom, eps,
+                                 act);
         }
       });
       return nullptr;
@@ -58,14 +51,11 @@ OrtStatus* ComputeCpuNhwc(const NodeContext& node, const Attrs& a, OrtKernelCont
     ParallelRanges(kc, t.num_tiles(), min_tiles, [&](int64_t begin, int64_t end) noexcept {
       nhwc::Moments mom[nhwc::kMaxBlockChannels];
       for (int64_t tile = begin; tile < end; ++tile) {
-        int64_t n, rt, b;
-        decode(tile, &n, &rt, &b);
-        const nhwc::Block blk = nhwc::BlockOf(t, b);
-        const int64_t r0 = rt * t.rows_per_tile;
-        const int64_t rows = std::min(t.rows_per_tile, p.spatial - r0);
-        nhwc::TileMoments<T>(x + n * sample, t, blk, r0, rows, mom);
+        const nhwc::Tile tl = nhwc::TileOf(t, tile);
+        const nhwc::Block blk = nhwc::BlockOf(t, tl.b);
+        nhwc::TileMoments<T>(x + tl.n * sample, t, blk, tl.r0, tl.rows, mom);
         for (int64_t g = blk.g0; g < blk.g1; ++g)
-          partial[static_cast<size_t>(t.partial_index(n, rt, g, blk.k))] = mom[g - blk.g0];
+          partial[static_cast<size_t>(t.partial_index(tl.n, tl.rt, g, blk.k))] = mom[g - blk.g0];
       }
     });
     // per (n, g): row tiles, then blocks of the group, always in this order
@@ -81,13 +71,10 @@ OrtStatus* ComputeCpuNhwc(const NodeContext& node, const Attrs& a, OrtKernelCont
     }
     ParallelRanges(kc, t.num_tiles(), min_tiles, [&](int64_t begin, int64_t end) noexcept {
       for (int64_t tile = begin; tile < end; ++tile) {
-        int64_t n, rt, b;
-        decode(tile, &n, &rt, &b);
-        const nhwc::Block blk = nhwc::BlockOf(t, b);
-        const int64_t r0 = rt * t.rows_per_tile;
-        const int64_t rows = std::min(t.rows_per_tile, p.spatial - r0);
-        nhwc::TileNormalize<T>(x + n * sample, y + n * sample, scale, bias, t, blk, r0, rows,
-                               groups.data() + n * p.G + blk.g0, eps, act);
+        const nhwc::Tile tl = nhwc::TileOf(t, tile);
+        const nhwc::Block blk = nhwc::BlockOf(t, tl.b);
+        nhwc::TileNormalize<T>(x + tl.n * sample, y + tl.n * sample, scale, bias, t, blk, tl.r0, tl.rows,
+                               groups.data() + tl.n * p.G + blk.g0, eps, act);
       }
     });
     return nullptr;

@@ -40,39 +40,19 @@ namespace gn {
 namespace nhwc {
 
 inline constexpr int64_t kMaxBlockChannels = ::normexport::nhwc::kMaxColumns;
-inline constexpr int64_t kTileElements = int64_t{1} << 15;
 
-// count, mean and sum of squared deviations of a set of values
-struct Moments {
-  int64_t count = 0;
-  double mean = 0.0;
-  double m2 = 0.0;
-};
+using ::normexport::nhwc::Combine;
+using ::normexport::nhwc::Moments;
+using ::normexport::nhwc::Tile;
+using ::normexport::nhwc::TileOf;  // n, rt, b, r0, rows (columns: BlockOf)
 
-// Chan et al.'s pairwise combination.
-inline Moments Combine(const Moments& a, const Moments& b) noexcept {
-  if (a.count == 0) return b;
-  if (b.count == 0) return a;
-  Moments r;
-  r.count = a.count + b.count;
-  const double n = static_cast<double>(r.count);
-  const double delta = b.mean - a.mean;
-  r.mean = a.mean + delta * (static_cast<double>(b.count) / n);
-  r.m2 = a.m2 + b.m2 + delta * delta * (static_cast<double>(a.count) * static_cast<double>(b.count) / n);
-  return r;
-}
-
-// The shape-only split of an (N, S, C) tensor with G groups into tiles.
-struct Tiling {
-  int64_t N = 0, S = 0, C = 0, G = 0, cpg = 0;
+// The shape-only split of an (N, S, C) tensor with G groups into tiles: the row tiles and tile
+// order of nhwc_columns.h, with group-aware channel blocks.
+struct Tiling : ::normexport::nhwc::Tiling {
+  int64_t G = 0, cpg = 0;
   int64_t groups_per_block = 1;   // whole-group blocks (cpg <= kMaxBlockChannels), else 1
   int64_t blocks_per_group = 1;   // > 1 when a group is split into blocks
-  int64_t block_width = 0;        // channels of a full block
-  int64_t num_blocks = 0;         // channel blocks per row
-  int64_t rows_per_tile = 0, row_tiles = 0;
 
-  int64_t num_tiles() const noexcept { return N * row_tiles * num_blocks; }
-  int64_t tile_elements() const noexcept { return rows_per_tile * block_width; }
   // one task per tile sees whole groups over all rows: statistics and normalization fused
   bool fused() const noexcept { return row_tiles == 1 && blocks_per_group == 1; }
   // partial moments: index of (n, row tile, group, block of the group)
@@ -97,8 +77,7 @@ inline Tiling MakeTiling(int64_t N, int64_t S, int64_t C, int64_t G) noexcept {
     t.block_width = (t.cpg + t.blocks_per_group - 1) / t.blocks_per_group;
     t.num_blocks = G * t.blocks_per_group;
   }
-  t.rows_per_tile = std::max<int64_t>(1, std::min(S, kTileElements / t.block_width));
-  t.row_tiles = (S + t.rows_per_tile - 1) / t.rows_per_tile;
+  ::normexport::nhwc::SetRowTiles(t);
   return t;
 }
 
@@ -127,15 +106,6 @@ inline Block BlockOf(const Tiling& t, int64_t b) noexcept {
 
 namespace detail {
 
-template <typename T>
-struct compute_type {
-  using type = float;
-};
-template <>
-struct compute_type<double> {
-  using type = double;
-};
-
 inline float silu(float v) noexcept { return v / (1.0f + std::exp(-v)); }  // -inf -> NaN, as the reference
 inline double silu(double v) noexcept { return v / (1.0 + std::exp(-v)); }
 
@@ -147,15 +117,6 @@ inline void affine_act(const C* x, C* y, int64_t w, const C* m, const C* a, cons
     for (int64_t j = 0; j < w; ++j) y[j] = y[j] < C(0) ? C(0) : y[j];  // NaN kept
   } else if (act == 2) {
     for (int64_t j = 0; j < w; ++j) y[j] = silu(y[j]);
-  }
-}
-
-template <typename T>
-inline double to_double(T v) noexcept {
-  if constexpr (std::is_same<T, half>::value) {
-    return static_cast<double>(half_bits_to_float(v.bits));
-  } else {
-    return static_cast<double>(v);
   }
 }
 
@@ -201,7 +162,8 @@ inline void TileMoments(const T* x, const Tiling& t, const Block& blk, int64_t r
 template <typename T>
 inline void TileNormalize(const T* x, T* y, const T* scale, const T* bias, const Tiling& t, const Block& blk,
                           int64_t r0, int64_t rows, const Moments* group_moments, float eps, int act) noexcept {
-  using C = typename detail::compute_type<T>::type;
+  using C = typename ::normexport::nhwc::ComputeType<T>::type;
+  using ::normexport::nhwc::ToDouble;
   const int64_t w = blk.c1 - blk.c0;
   C m[kMaxBlockChannels], a[kMaxBlockChannels], b[kMaxBlockChannels];
   for (int64_t g = blk.g0; g < blk.g1; ++g) {
@@ -213,23 +175,16 @@ inline void TileNormalize(const T* x, T* y, const T* scale, const T* bias, const
     const double rem = std::isfinite(mean) ? mean - static_cast<double>(mc) : mean;
     const int64_t c_begin = std::max(blk.c0, g * t.cpg), c_end = std::min(blk.c1, (g + 1) * t.cpg);
     for (int64_t c = c_begin; c < c_end; ++c) {
-      const double ac = detail::to_double(scale[c]) * rstd;
+      const double ac = ToDouble(scale[c]) * rstd;
       m[c - blk.c0] = mc;
       a[c - blk.c0] = static_cast<C>(ac);
-      b[c - blk.c0] = static_cast<C>(detail::to_double(bias[c]) - rem * ac);
+      b[c - blk.c0] = static_cast<C>(ToDouble(bias[c]) - rem * ac);
     }
   }
-  for (int64_t r = r0; r < r0 + rows; ++r) {
-    const int64_t off = r * t.C + blk.c0;
-    if constexpr (std::is_same<T, half>::value) {
-      float buf[kMaxBlockChannels];
-      half_to_float_n(x + off, buf, static_cast<size_t>(w));
-      detail::affine_act<float>(buf, buf, w, m, a, b, act);
-      float_to_half_n(buf, y + off, static_cast<size_t>(w));
-    } else {
-      detail::affine_act<C>(x + off, y + off, w, m, a, b, act);
-    }
-  }
+  ::normexport::nhwc::MapRows(x + blk.c0, y + blk.c0, t.C, r0, rows, w,
+                              [&](const C* in, C* out, int64_t n) noexcept {
+                                detail::affine_act<C>(in, out, n, m, a, b, act);
+                              });
 }
 
 }  // namespace nhwc
