@@ -16,14 +16,9 @@
 // tile is then read from cache). 64-bit indexing throughout.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <type_traits>
 
-#include "normexport/common.h"
-#include "normexport/cpu_half.h"
 #include "normexport/nhwc_columns.h"
 
 namespace normexport {

@@ -28,11 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <type_traits>
 
-#include "normexport/common.h"
-#include "normexport/cpu_half.h"
 #include "normexport/nhwc_columns.h"
 
 namespace normexport {
