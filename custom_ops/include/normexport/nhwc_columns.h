@@ -1,11 +1,11 @@
 // The shared machinery of the channels-last CPU cores (ops/*/..._nhwc_core.h; host C++ only):
-// the shape-only tiling, Chan's combination of moments, the float16 row mapping, and the
-// column sums over the rows of a tile (the statistics loops). A tile is `rows` rows of `w` <= kMaxColumns
-// consecutive channels, rows `stride` elements apart; acc[j] = sum over the rows of
-// term(x[r][j], j), in double. Rows are taken four at a time (acc[j] += (t0 + t1) + (t2 + t3)),
-// so the accumulator array is loaded and stored once per four elements, and the summation
-// order depends only on the tile. float16 rows are converted to float first (F16C when
-// present).
+// the shape-only tiling of an (N, S, C) tensor, Chan's combination of moments, the mapping of
+// rows (float16 through a float buffer), and the column sums over the rows of a tile (the
+// statistics loops). ColumnSums: a tile is `rows` rows of `w` <= kMaxColumns consecutive
+// channels, rows `stride` elements apart; acc[j] = sum over the rows of term(x[r][j], j), in
+// double. Rows are taken four at a time (acc[j] += (t0 + t1) + (t2 + t3)), so the accumulator
+// array is loaded and stored once per four elements, and the summation order depends only on
+// the tile. float16 rows are converted to float first (F16C when present).
 #pragma once
 
 #include <algorithm>
@@ -14,6 +14,7 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_moments.h"
 
 namespace normexport {
 namespace nhwc {
@@ -43,21 +44,11 @@ inline Moments Combine(const Moments& a, const Moments& b) noexcept {
 
 // The arithmetic type of the normalization: float for float and float16, double for double.
 template <typename T>
-struct ComputeType {
-  using type = float;
-};
-template <>
-struct ComputeType<double> {
-  using type = double;
-};
+using ComputeType = ::normexport::moments::compute_type<T>;
 
 template <typename T>
 inline double ToDouble(T v) noexcept {
-  if constexpr (std::is_same<T, half>::value) {
-    return static_cast<double>(half_bits_to_float(v.bits));
-  } else {
-    return static_cast<double>(v);
-  }
+  return static_cast<double>(::normexport::moments::load(v));
 }
 
 // The shape-only split of an (N, S, C) tensor into tiles (sample n, row tile rt, channel
