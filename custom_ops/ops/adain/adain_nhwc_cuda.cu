@@ -20,43 +20,22 @@
 #include "adain/adain_cuda.h"
 #include "normexport/cuda_block.cuh"
 #include "normexport/cuda_launch.h"
+#include "normexport/cuda_nhwc.cuh"
 
 namespace normexport {
 namespace adain {
 namespace {
 
 using cuda::DeviceType;
+using cuda::GridFor;
 using cuda::Load;
 using cuda::Store;
 
-constexpr int kThreads = 512;
-constexpr int kMaxTx = 32;
-constexpr int64_t kTargetBlocks = 1024;  // enough blocks for any current GPU
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-
-// The launch shape: channels per block, rows split into `splits` ranges of rows_per_split.
-struct Plan {
-  int width = 1, height = kThreads;
-  int64_t channel_tiles = 0, splits = 1, rows_per_split = 0;
-};
-Plan MakePlan(int64_t batch, int64_t channels, int64_t rows) {
-  Plan p;
-  while (p.width < kMaxTx && p.width < channels) p.width *= 2;
-  p.height = kThreads / p.width;
-  p.channel_tiles = (channels + p.width - 1) / p.width;
-  const int64_t units = batch * p.channel_tiles;
-  if (units > 0 && units < kTargetBlocks && rows > 0) {
-    const int64_t by_blocks = (kTargetBlocks + units - 1) / units;
-    const int64_t by_rows = (rows + 4 * p.height - 1) / (4 * p.height);  // >= 4 rows per thread
-    p.splits = by_blocks < by_rows ? by_blocks : by_rows;
-    if (p.splits < 1) p.splits = 1;
-  }
-  p.rows_per_split = (rows + p.splits - 1) / p.splits;
-  if (p.rows_per_split > 0) p.splits = (rows + p.rows_per_split - 1) / p.rows_per_split;
-  return p;
-}
-
-unsigned GridFor(int64_t units) { return static_cast<unsigned>(units < kMaxBlocks ? units : kMaxBlocks); }
+using cuda::nhwc::ColumnTotal;
+using cuda::nhwc::ColumnUnitOf;
+using cuda::nhwc::kMaxTx;
+using cuda::nhwc::RowRange;
+constexpr int kThreads = cuda::nhwc::kColumnThreads;
 
 // Shifted two-pass moments of the block's columns of one (N, S, C) tensor; `base` is the
 // offset of (n, row 0, c). On return (after a barrier) s_shift[tx], s_delta[tx], s_m2[tx] hold
@@ -75,11 +54,7 @@ __device__ __forceinline__ void ColumnMoments(const T* __restrict__ x, int64_t b
     for (int64_t r = ty; r < rows; r += height) s += Load(x, base + r * channels) - sh;
   partial[ty * width + tx] = s;
   __syncthreads();
-  if (ty == 0) {
-    double t = 0.0;
-    for (int k = 0; k < height; ++k) t += static_cast<double>(partial[k * width + tx]);
-    s_delta[tx] = static_cast<float>(t / static_cast<double>(rows));  // rows == 0 -> NaN
-  }
+  if (ty == 0) s_delta[tx] = static_cast<float>(ColumnTotal(partial) / static_cast<double>(rows));  // rows 0: NaN
   __syncthreads();
   const float dl = s_delta[tx];
   float q = 0.f;
@@ -91,11 +66,7 @@ __device__ __forceinline__ void ColumnMoments(const T* __restrict__ x, int64_t b
   }
   partial[ty * width + tx] = q;
   __syncthreads();
-  if (ty == 0) {
-    double t = 0.0;
-    for (int k = 0; k < height; ++k) t += static_cast<double>(partial[k * width + tx]);
-    s_m2[tx] = t;
-  }
+  if (ty == 0) s_m2[tx] = ColumnTotal(partial);
   __syncthreads();
 }
 
@@ -108,13 +79,13 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float xs[kMaxTx], xd[kMaxTx], zs[kMaxTx], zd[kMaxTx], ca[kMaxTx], cb[kMaxTx];
   __shared__ double xq[kMaxTx], zq[kMaxTx];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int width = blockDim.x, height = blockDim.y;
+  const int height = blockDim.y;
   const int64_t num_tiles = batch * channel_tiles;
 
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-    const int64_t n = tile / channel_tiles;
-    const int64_t c = (tile % channel_tiles) * width + tx;
-    const bool valid = c < channels;
+    const auto cu = ColumnUnitOf(tile, 1, channel_tiles, channels);
+    const int64_t n = cu.n, c = cu.c;
+    const bool valid = cu.valid;
     const int64_t xb = n * content_plane * channels + c;
     const int64_t zb = n * style_plane * channels + c;
     ColumnMoments(content, xb, content_plane, channels, valid, partial, xs, xd, xq);
@@ -155,7 +126,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float sh_s[kMaxTx], sh_d[kMaxTx];
   __shared__ double sh_q[kMaxTx];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int width = blockDim.x;
   const int64_t nx = batch * channel_tiles * x_splits;
   const int64_t units = nx + batch * channel_tiles * z_splits;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
@@ -164,12 +134,11 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t splits = is_x ? x_splits : z_splits;
     const int64_t rps = is_x ? x_rows_per_split : z_rows_per_split;
     const int64_t plane = is_x ? content_plane : style_plane;
-    const int64_t s = v % splits, tile = v / splits;
-    const int64_t n = tile / channel_tiles;
-    const int64_t c = (tile % channel_tiles) * width + tx;
-    const bool valid = c < channels;
-    const int64_t r0 = s * rps;
-    const int64_t r1 = r0 + rps < plane ? r0 + rps : plane;
+    const auto cu = ColumnUnitOf(v, splits, channel_tiles, channels);
+    const int64_t s = cu.s, n = cu.n, c = cu.c;
+    const bool valid = cu.valid;
+    int64_t r0, r1;
+    RowRange(s, rps, plane, &r0, &r1);
     const int64_t rows = r1 > r0 ? r1 - r0 : 0;
     // the range as an (rows, C) tensor starting at row r0 of sample n
     ColumnMoments(is_x ? content : style, (n * plane + r0) * channels + c, rows, channels, valid, partial, sh_s, sh_d,
@@ -183,30 +152,17 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// (count, mean, m2) += (nb, mean_b, m2_b)  (Chan et al., double)
-__device__ __forceinline__ void Combine(double& n, double& mean, double& m2, double nb, double mean_b, double m2_b) {
-  if (nb == 0.0) return;
-  if (n == 0.0) {
-    n = nb, mean = mean_b, m2 = m2_b;
-    return;
-  }
-  const double nn = n + nb, delta = mean_b - mean;
-  mean += delta * (nb / nn);
-  m2 += m2_b + delta * delta * (n * nb / nn);
-  n = nn;
-}
-
 // mean and biased variance of a column from its ranges, in range order (NaN without rows)
 __device__ __forceinline__ void ColumnTotal(const double* mean, const double* m2, int64_t n, int64_t c,
                                             int64_t channels, int64_t splits, int64_t rows_per_split, int64_t plane,
                                             double* mu, double* var) {
   double cnt = 0.0, mm = 0.0, q = 0.0;
   for (int64_t s = 0; s < splits; ++s) {
-    const int64_t r0 = s * rows_per_split;
-    const int64_t r1 = r0 + rows_per_split < plane ? r0 + rows_per_split : plane;
+    int64_t r0, r1;
+    RowRange(s, rows_per_split, plane, &r0, &r1);
     if (r1 <= r0) continue;
     const int64_t k = (n * splits + s) * channels + c;
-    Combine(cnt, mm, q, static_cast<double>(r1 - r0), mean[k], m2[k]);
+    cuda::ChanCombine(cnt, mm, q, static_cast<double>(r1 - r0), mean[k], m2[k]);
   }
   *mu = cnt > 0.0 ? mm : nan("");
   *var = cnt > 0.0 ? q / cnt : nan("");
@@ -223,13 +179,12 @@ __global__ void __launch_bounds__(kThreads)
                          int64_t z_splits, int64_t z_rows_per_split, float eps, float alpha) {
   __shared__ float cm[kMaxTx], ca[kMaxTx], cb[kMaxTx];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int width = blockDim.x, height = blockDim.y;
+  const int height = blockDim.y;
   const int64_t units = batch * channel_tiles * x_splits;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-    const int64_t s = u % x_splits, tile = u / x_splits;
-    const int64_t n = tile / channel_tiles;
-    const int64_t c = (tile % channel_tiles) * width + tx;
-    const bool valid = c < channels;
+    const auto cu = ColumnUnitOf(u, x_splits, channel_tiles, channels);
+    const int64_t s = cu.s, n = cu.n, c = cu.c;
+    const bool valid = cu.valid;
     if (ty == 0 && valid) {
       double mx, vx, mz, vz;
       ColumnTotal(x_mean, x_m2, n, c, channels, x_splits, x_rows_per_split, content_plane, &mx, &vx);
@@ -245,8 +200,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if (valid) {
-      const int64_t r0 = s * x_rows_per_split;
-      const int64_t r1 = r0 + x_rows_per_split < content_plane ? r0 + x_rows_per_split : content_plane;
+      int64_t r0, r1;
+      RowRange(s, x_rows_per_split, content_plane, &r0, &r1);
       const float m = cm[tx], a = ca[tx], b = cb[tx];
       for (int64_t r = r0 + ty; r < r1; r += height) {
         const int64_t i = (n * content_plane + r) * channels + c;
@@ -261,7 +216,8 @@ __global__ void __launch_bounds__(kThreads)
 
 size_t AdaINNhwcScratchBytes(int64_t batch, int64_t channels, int64_t content_plane, int64_t style_plane) noexcept {
   if (batch <= 0 || channels <= 0 || content_plane <= 0) return 0;
-  const Plan px = MakePlan(batch, channels, content_plane), pz = MakePlan(batch, channels, style_plane);
+  const auto px = cuda::nhwc::MakeColumnPlan(batch, channels, content_plane);
+  const auto pz = cuda::nhwc::MakeColumnPlan(batch, channels, style_plane);
   if (px.splits == 1 && pz.splits == 1) return 0;
   return static_cast<size_t>(2 * batch * channels * (px.splits + pz.splits)) * sizeof(double);
 }
@@ -273,7 +229,8 @@ int LaunchAdaINNhwc(void* stream, const T* content, const T* style, T* y, int64_
   int err = cuda::UseStreamDevice(stream);
   if (err != cudaSuccess) return err;
 
-  const Plan px = MakePlan(batch, channels, content_plane), pz = MakePlan(batch, channels, style_plane);
+  const auto px = cuda::nhwc::MakeColumnPlan(batch, channels, content_plane);
+  const auto pz = cuda::nhwc::MakeColumnPlan(batch, channels, style_plane);
   const dim3 block(static_cast<unsigned>(px.width), static_cast<unsigned>(px.height));
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   using D = typename DeviceType<T>::type;

@@ -17,41 +17,60 @@
 #include "filter_response_norm/frn_cuda.h"
 #include "normexport/cuda_block.cuh"
 #include "normexport/cuda_launch.h"
+#include "normexport/cuda_nhwc.cuh"
 
 namespace normexport {
 namespace frn {
 namespace {
 
 using cuda::DeviceType;
+using cuda::GridFor;
 using cuda::Kahan;
 using cuda::Load;
 using cuda::Store;
 
-constexpr int kThreads = 512;
-constexpr int kMaxTx = 32;
-constexpr int64_t kTargetBlocks = 1024;  // enough blocks for any current GPU
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+using cuda::nhwc::ColumnTotal;
+using cuda::nhwc::ColumnUnitOf;
+using cuda::nhwc::kMaxTx;
+using cuda::nhwc::RowRange;
+constexpr int kThreads = cuda::nhwc::kColumnThreads;
 
-// The launch shape: channels per block, rows split into `splits` ranges of rows_per_split.
-struct Plan {
-  int width = 1, height = kThreads;
-  int64_t channel_tiles = 0, splits = 1, rows_per_split = 0;
-};
-Plan MakePlan(int64_t batch, int64_t channels, int64_t rows) {
-  Plan p;
-  while (p.width < kMaxTx && p.width < channels) p.width *= 2;
-  p.height = kThreads / p.width;
-  p.channel_tiles = (channels + p.width - 1) / p.width;
-  const int64_t units = batch * p.channel_tiles;
-  if (units > 0 && units < kTargetBlocks && rows > 0) {
-    const int64_t by_blocks = (kTargetBlocks + units - 1) / units;
-    const int64_t by_rows = (rows + 4 * p.height - 1) / (4 * p.height);  // >= 4 rows per thread
-    p.splits = by_blocks < by_rows ? by_blocks : by_rows;
-    if (p.splits < 1) p.splits = 1;
+// This thread's Kahan-compensated float sum of x^2 over rows r0 + ty, r0 + ty + height, ...
+// (< r1) of column c of sample n.
+template <typename T>
+__device__ __forceinline__ float ColumnSumSquares(const T* __restrict__ x, int64_t n, int64_t c, int64_t r0,
+                                                  int64_t r1, int64_t plane_size, int64_t channels) {
+  Kahan acc;
+  for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
+    const float v = Load(x, (n * plane_size + r) * channels + c);
+    acc.Add(v * v);
   }
-  p.rows_per_split = (rows + p.splits - 1) / p.splits;
-  if (p.rows_per_split > 0) p.splits = (rows + p.rows_per_split - 1) / p.rows_per_split;
-  return p;
+  return acc.sum;
+}
+
+// gamma[c] / sqrt(sum_sq / plane_size + eps), in double
+template <typename T>
+__device__ __forceinline__ float ColumnScale(const T* __restrict__ gamma, int64_t c, double sum_sq, int64_t plane_size,
+                                             float eps) {
+  const double nu2 = sum_sq / static_cast<double>(plane_size);
+  return static_cast<float>(static_cast<double>(Load(gamma, c)) / sqrt(nu2 + static_cast<double>(eps)));
+}
+
+// y = x * scale + beta[c], then the NaN-propagating max with tau[c], over this thread's rows
+// of [r0, r1) of column c of sample n.
+template <typename T>
+__device__ __forceinline__ void ColumnApply(const T* __restrict__ x, T* __restrict__ y, const T* __restrict__ beta,
+                                            const T* __restrict__ tau, int64_t n, int64_t c, int64_t r0, int64_t r1,
+                                            int64_t plane_size, int64_t channels, float scale, bool tlu) {
+  const float shift = Load(beta, c);
+  const float t = tlu ? Load(tau, c) : 0.f;
+  const bool tau_nan = tlu && isnan(t);
+  for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
+    const int64_t i = (n * plane_size + r) * channels + c;
+    float v = fmaf(Load(x, i), scale, shift);
+    if (tlu) v = (v < t || tau_nan) ? t : v;
+    Store(y, i, v);
+  }
 }
 
 template <typename T>
@@ -62,46 +81,18 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float partial[kThreads];
   __shared__ float s_scale[kMaxTx];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int width = blockDim.x, height = blockDim.y;
   const int64_t num_tiles = batch * channel_tiles;
 
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-    const int64_t n = tile / channel_tiles;
-    const int64_t c = (tile % channel_tiles) * width + tx;
-    const bool valid = c < channels;
-    const int64_t base = n * plane_size * channels + c;
-
+    const auto cu = ColumnUnitOf(tile, 1, channel_tiles, channels);
     // pass 1: sum of squares down the column (float, Kahan-compensated per thread)
-    Kahan acc;
-    if (valid) {
-      for (int64_t r = ty; r < plane_size; r += height) {
-        const float v = Load(x, base + r * channels);
-        acc.Add(v * v);
-      }
-    }
-    partial[ty * width + tx] = acc.sum;
+    partial[ty * blockDim.x + tx] = cu.valid ? ColumnSumSquares(x, cu.n, cu.c, 0, plane_size, plane_size, channels)
+                                             : 0.f;
     __syncthreads();
-    if (ty == 0 && valid) {
-      double total = 0.0;
-      for (int k = 0; k < height; ++k) total += static_cast<double>(partial[k * width + tx]);
-      const double nu2 = total / static_cast<double>(plane_size);
-      s_scale[tx] = static_cast<float>(static_cast<double>(Load(gamma, c)) / sqrt(nu2 + static_cast<double>(eps)));
-    }
+    if (ty == 0 && cu.valid) s_scale[tx] = ColumnScale(gamma, cu.c, ColumnTotal(partial), plane_size, eps);
     __syncthreads();
-
     // pass 2: y = x * scale + beta, then NaN-propagating max with tau
-    if (valid) {
-      const float scale = s_scale[tx];
-      const float shift = Load(beta, c);
-      const float t = tlu ? Load(tau, c) : 0.f;
-      const bool tau_nan = tlu && isnan(t);
-      for (int64_t r = ty; r < plane_size; r += height) {
-        const int64_t i = base + r * channels;
-        float v = fmaf(Load(x, i), scale, shift);
-        if (tlu) v = (v < t || tau_nan) ? t : v;
-        Store(y, i, v);
-      }
-    }
+    if (cu.valid) ColumnApply(x, y, beta, tau, cu.n, cu.c, 0, plane_size, plane_size, channels, s_scale[tx], tlu);
     __syncthreads();  // partial / s_scale are reused by the next tile
   }
 }
@@ -113,29 +104,14 @@ __global__ void __launch_bounds__(kThreads)
                          int64_t plane_size, int64_t channel_tiles, int64_t splits, int64_t rows_per_split) {
   __shared__ float part[kThreads];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int width = blockDim.x, height = blockDim.y;
   const int64_t units = batch * channel_tiles * splits;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-    const int64_t s = u % splits, tile = u / splits;
-    const int64_t n = tile / channel_tiles;
-    const int64_t c = (tile % channel_tiles) * width + tx;
-    const bool valid = c < channels;
-    const int64_t r0 = s * rows_per_split;
-    const int64_t r1 = r0 + rows_per_split < plane_size ? r0 + rows_per_split : plane_size;
-    Kahan acc;
-    if (valid) {
-      for (int64_t r = r0 + ty; r < r1; r += height) {
-        const float v = Load(x, (n * plane_size + r) * channels + c);
-        acc.Add(v * v);
-      }
-    }
-    part[ty * width + tx] = acc.sum;
+    const auto cu = ColumnUnitOf(u, splits, channel_tiles, channels);
+    int64_t r0, r1;
+    RowRange(cu.s, rows_per_split, plane_size, &r0, &r1);
+    part[ty * blockDim.x + tx] = cu.valid ? ColumnSumSquares(x, cu.n, cu.c, r0, r1, plane_size, channels) : 0.f;
     __syncthreads();
-    if (ty == 0 && valid) {
-      double t = 0.0;
-      for (int k = 0; k < height; ++k) t += static_cast<double>(part[k * width + tx]);
-      partial[(n * splits + s) * channels + c] = t;
-    }
+    if (ty == 0 && cu.valid) partial[(cu.n * splits + cu.s) * channels + cu.c] = ColumnTotal(part);
     __syncthreads();  // part is reused by the next unit
   }
 }
@@ -149,45 +125,29 @@ __global__ void __launch_bounds__(kThreads)
                        int64_t rows_per_split, float eps, bool tlu) {
   __shared__ float s_scale[kMaxTx];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int width = blockDim.x, height = blockDim.y;
   const int64_t units = batch * channel_tiles * splits;
   for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-    const int64_t s = u % splits, tile = u / splits;
-    const int64_t n = tile / channel_tiles;
-    const int64_t c = (tile % channel_tiles) * width + tx;
-    const bool valid = c < channels;
-    if (ty == 0 && valid) {
+    const auto cu = ColumnUnitOf(u, splits, channel_tiles, channels);
+    if (ty == 0 && cu.valid) {
       double t = 0.0;
-      for (int64_t k = 0; k < splits; ++k) t += partial[(n * splits + k) * channels + c];
-      const double nu2 = t / static_cast<double>(plane_size);
-      s_scale[tx] = static_cast<float>(static_cast<double>(Load(gamma, c)) / sqrt(nu2 + static_cast<double>(eps)));
+      for (int64_t k = 0; k < splits; ++k) t += partial[(cu.n * splits + k) * channels + cu.c];
+      s_scale[tx] = ColumnScale(gamma, cu.c, t, plane_size, eps);
     }
     __syncthreads();
-    if (valid) {
-      const int64_t r0 = s * rows_per_split;
-      const int64_t r1 = r0 + rows_per_split < plane_size ? r0 + rows_per_split : plane_size;
-      const float scale = s_scale[tx];
-      const float shift = Load(beta, c);
-      const float t = tlu ? Load(tau, c) : 0.f;
-      const bool tau_nan = tlu && isnan(t);
-      for (int64_t r = r0 + ty; r < r1; r += height) {
-        const int64_t i = (n * plane_size + r) * channels + c;
-        float v = fmaf(Load(x, i), scale, shift);
-        if (tlu) v = (v < t || tau_nan) ? t : v;
-        Store(y, i, v);
-      }
+    if (cu.valid) {
+      int64_t r0, r1;
+      RowRange(cu.s, rows_per_split, plane_size, &r0, &r1);
+      ColumnApply(x, y, beta, tau, cu.n, cu.c, r0, r1, plane_size, channels, s_scale[tx], tlu);
     }
     __syncthreads();  // s_scale is reused by the next unit
   }
 }
 
-unsigned GridFor(int64_t units) { return static_cast<unsigned>(units < kMaxBlocks ? units : kMaxBlocks); }
-
 }  // namespace
 
 size_t FilterResponseNormNhwcScratchBytes(int64_t batch, int64_t channels, int64_t plane_size) noexcept {
   if (batch <= 0 || channels <= 0 || plane_size <= 0) return 0;
-  const Plan p = MakePlan(batch, channels, plane_size);
+  const auto p = cuda::nhwc::MakeColumnPlan(batch, channels, plane_size);
   return p.splits > 1 ? static_cast<size_t>(batch * p.splits * channels) * sizeof(double) : 0;
 }
 
@@ -199,7 +159,7 @@ int LaunchFilterResponseNormNhwc(void* stream, const T* x, T* y, const T* gamma,
   int err = cuda::UseStreamDevice(stream);
   if (err != cudaSuccess) return err;
 
-  const Plan p = MakePlan(batch, channels, plane_size);
+  const auto p = cuda::nhwc::MakeColumnPlan(batch, channels, plane_size);
   const dim3 block(static_cast<unsigned>(p.width), static_cast<unsigned>(p.height));
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   using D = typename DeviceType<T>::type;

@@ -17,44 +17,14 @@ namespace normexport {
 namespace gn {
 namespace {
 
+using cuda::Activate;
+using cuda::BlockChanCombine;
 using cuda::DeviceType;
 using cuda::Load;
 using cuda::Store;
+using cuda::WelfordAdd;
 
-// (n, mean, m2) += (nb, mean_b, m2_b)  (Chan et al.)
-__device__ __forceinline__ void Combine(float& n, float& mean, float& m2, float nb, float mean_b, float m2_b) {
-  if (nb == 0.f) return;
-  if (n == 0.f) {
-    n = nb;
-    mean = mean_b;
-    m2 = m2_b;
-    return;
-  }
-  const float nn = n + nb;
-  const float w = nb / nn;
-  const float delta = mean_b - mean;
-  mean += delta * w;
-  m2 += m2_b + delta * delta * n * w;
-  n = nn;
-}
-
-__device__ __forceinline__ void WarpCombine(float& n, float& mean, float& m2) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float nb = __shfl_down_sync(0xffffffffu, n, offset);
-    const float mb = __shfl_down_sync(0xffffffffu, mean, offset);
-    const float qb = __shfl_down_sync(0xffffffffu, m2, offset);
-    Combine(n, mean, m2, nb, mb, qb);
-  }
-}
-
-__device__ __forceinline__ float Activate(float v, int act) {
-  if (act == 1) return v < 0.f ? 0.f : v;  // NaN kept
-  if (act == 2) return v / (1.f + expf(-v));
-  return v;
-}
-
-constexpr int kMaxThreads = 512;
+constexpr int kMaxThreads = cuda::kMaxBlockThreads;  // the cap of cuda::ThreadsForPlane
 
 template <typename T>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -63,9 +33,6 @@ __global__ void __launch_bounds__(kMaxThreads)
                     int64_t spatial, float eps, int act) {
   __shared__ float w_n[kMaxThreads / 32], w_mean[kMaxThreads / 32], w_m2[kMaxThreads / 32];
   __shared__ float s_mean, s_rstd;
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int num_warps = (blockDim.x + 31) >> 5;
   const int64_t group_size = cpg * spatial;
 
   for (int64_t grp = blockIdx.x; grp < num_groups_total; grp += gridDim.x) {
@@ -73,30 +40,12 @@ __global__ void __launch_bounds__(kMaxThreads)
 
     // pass 1: Welford per thread, then block combine
     float n = 0.f, mean = 0.f, m2 = 0.f;
-    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
-      const float v = Load(x, base + i);
-      n += 1.f;
-      const float d = v - mean;
-      mean += d / n;
-      m2 += d * (v - mean);
-    }
-    WarpCombine(n, mean, m2);
-    if (lane == 0) {
-      w_n[warp] = n;
-      w_mean[warp] = mean;
-      w_m2[warp] = m2;
-    }
-    __syncthreads();
-    if (warp == 0) {
-      n = lane < num_warps ? w_n[lane] : 0.f;
-      mean = lane < num_warps ? w_mean[lane] : 0.f;
-      m2 = lane < num_warps ? w_m2[lane] : 0.f;
-      WarpCombine(n, mean, m2);
-      if (lane == 0) {
-        const double var = static_cast<double>(m2) / static_cast<double>(group_size);
-        s_mean = mean;
-        s_rstd = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
-      }
+    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) WelfordAdd(n, mean, m2, Load(x, base + i));
+    BlockChanCombine(n, mean, m2, w_n, w_mean, w_m2);
+    if (threadIdx.x == 0) {
+      const double var = static_cast<double>(m2) / static_cast<double>(group_size);
+      s_mean = mean;
+      s_rstd = static_cast<float>(1.0 / sqrt(var + static_cast<double>(eps)));
     }
     __syncthreads();
 
@@ -135,11 +84,8 @@ int LaunchGroupNorm(void* stream, const T* x, T* y, const T* scale, const T* bia
   const int64_t cpg = channels / num_groups;
   const int64_t group_size = cpg * spatial;
   const int64_t num_groups_total = batch * num_groups;
-  // about 4 elements per thread, between one warp and kMaxThreads
-  int threads = 32;
-  while (threads < kMaxThreads && static_cast<int64_t>(threads) * 4 < group_size) threads *= 2;
-  const int64_t kMaxBlocks = int64_t{1} << 20;  // grid-stride loop covers the rest
-  const unsigned blocks = static_cast<unsigned>(num_groups_total < kMaxBlocks ? num_groups_total : kMaxBlocks);
+  const int threads = cuda::ThreadsForPlane(group_size);  // about 4 elements per thread
+  const unsigned blocks = cuda::GridFor(num_groups_total);   // grid-stride loop covers the rest
 
   using D = typename DeviceType<T>::type;
   GroupNormKernel<D><<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(

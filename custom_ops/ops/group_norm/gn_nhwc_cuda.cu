@@ -19,51 +19,24 @@
 #include "group_norm/gn_cuda.h"
 #include "normexport/cuda_block.cuh"
 #include "normexport/cuda_launch.h"
+#include "normexport/cuda_nhwc.cuh"
 
 namespace normexport {
 namespace gn {
 namespace {
 
+using cuda::Activate;
+using cuda::BlockChanCombine;
+using cuda::ChanCombine;
 using cuda::DeviceType;
+using cuda::GridFor;
 using cuda::Load;
 using cuda::Store;
+using cuda::WelfordAdd;
+using cuda::nhwc::kTargetBlocks;
+using cuda::nhwc::RowRange;
 
-// (n, mean, m2) += (nb, mean_b, m2_b)  (Chan et al.)
-__device__ __forceinline__ void CombineNhwc(float& n, float& mean, float& m2, float nb, float mean_b, float m2_b) {
-  if (nb == 0.f) return;
-  if (n == 0.f) {
-    n = nb;
-    mean = mean_b;
-    m2 = m2_b;
-    return;
-  }
-  const float nn = n + nb;
-  const float w = nb / nn;
-  const float delta = mean_b - mean;
-  mean += delta * w;
-  m2 += m2_b + delta * delta * n * w;
-  n = nn;
-}
-
-__device__ __forceinline__ void WarpCombineNhwc(float& n, float& mean, float& m2) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float nb = __shfl_down_sync(0xffffffffu, n, offset);
-    const float mb = __shfl_down_sync(0xffffffffu, mean, offset);
-    const float qb = __shfl_down_sync(0xffffffffu, m2, offset);
-    CombineNhwc(n, mean, m2, nb, mb, qb);
-  }
-}
-
-__device__ __forceinline__ float ActivateNhwc(float v, int act) {
-  if (act == 1) return v < 0.f ? 0.f : v;  // NaN kept
-  if (act == 2) return v / (1.f + expf(-v));
-  return v;
-}
-
-constexpr int kMaxThreads = 512;
-constexpr int64_t kTargetBlocks = 1024;  // enough blocks for any current GPU
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+constexpr int kMaxThreads = cuda::kMaxBlockThreads;  // the cap of cuda::ThreadsForPlane
 
 // The launch shape: threads per block, threads per row, rows split into `splits` ranges.
 struct Plan {
@@ -73,8 +46,7 @@ struct Plan {
 Plan MakePlan(int64_t batch, int64_t spatial, int64_t cpg, int64_t groups) {
   Plan p;
   const int64_t group_size = cpg * spatial;
-  // about 4 elements per thread, between one warp and kMaxThreads
-  while (p.threads < kMaxThreads && static_cast<int64_t>(p.threads) * 4 < group_size) p.threads *= 2;
+  p.threads = cuda::ThreadsForPlane(group_size);  // about 4 elements per thread
   while (p.tpr < p.threads && p.tpr < cpg) p.tpr *= 2;  // the power of two >= cpg, at most the block
   const int64_t units = batch * groups;
   if (units > 0 && units < kTargetBlocks && spatial > 1) {
@@ -89,44 +61,21 @@ Plan MakePlan(int64_t batch, int64_t spatial, int64_t cpg, int64_t groups) {
   return p;
 }
 
-unsigned GridFor(int64_t units) { return static_cast<unsigned>(units < kMaxBlocks ? units : kMaxBlocks); }
-
 // Welford moments of rows [r0, r1) x columns [0, cpg) at `base` (row stride `channels`),
 // combined over the block: valid in thread 0 after the call (which synchronizes).
 template <typename T>
 __device__ __forceinline__ void BlockMoments(const T* __restrict__ x, int64_t base, int64_t r0, int64_t r1,
                                              int64_t channels, int64_t cpg, int tpr, float* w_n, float* w_mean,
                                              float* w_m2, float* cnt_out, float* mean_out, float* m2_out) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int num_warps = (blockDim.x + 31) >> 5;
   const int col0 = threadIdx.x & (tpr - 1);
   const int row_step = blockDim.x / tpr;
   float cnt = 0.f, mean = 0.f, m2 = 0.f;
   for (int64_t r = r0 + threadIdx.x / tpr; r < r1; r += row_step) {
     const int64_t row = base + r * channels;
-    for (int64_t c = col0; c < cpg; c += tpr) {
-      const float v = Load(x, row + c);
-      cnt += 1.f;
-      const float d = v - mean;
-      mean += d / cnt;
-      m2 += d * (v - mean);
-    }
+    for (int64_t c = col0; c < cpg; c += tpr) WelfordAdd(cnt, mean, m2, Load(x, row + c));
   }
-  WarpCombineNhwc(cnt, mean, m2);
-  if (lane == 0) {
-    w_n[warp] = cnt;
-    w_mean[warp] = mean;
-    w_m2[warp] = m2;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    cnt = lane < num_warps ? w_n[lane] : 0.f;
-    mean = lane < num_warps ? w_mean[lane] : 0.f;
-    m2 = lane < num_warps ? w_m2[lane] : 0.f;
-    WarpCombineNhwc(cnt, mean, m2);
-    if (lane == 0) *cnt_out = cnt, *mean_out = mean, *m2_out = m2;
-  }
+  BlockChanCombine(cnt, mean, m2, w_n, w_mean, w_m2);
+  if (threadIdx.x == 0) *cnt_out = cnt, *mean_out = mean, *m2_out = m2;
   __syncthreads();
 }
 
@@ -143,7 +92,7 @@ __device__ __forceinline__ void BlockApply(const T* __restrict__ x, T* __restric
     const float b = Load(bias, c0 + c);
     for (int64_t r = r0 + threadIdx.x / tpr; r < r1; r += row_step) {
       const int64_t i = base + r * channels + c;
-      Store(y, i, ActivateNhwc(fmaf(Load(x, i) - mu, a, b), act));
+      Store(y, i, Activate(fmaf(Load(x, i) - mu, a, b), act));
     }
   }
 }
@@ -181,8 +130,8 @@ __global__ void __launch_bounds__(kMaxThreads)
     const int64_t s = u % splits, grp = u / splits;
     const int64_t n = grp / groups;
     const int64_t c0 = (grp % groups) * cpg;
-    const int64_t r0 = s * rows_per_split;
-    const int64_t r1 = r0 + rows_per_split < spatial ? r0 + rows_per_split : spatial;
+    int64_t r0, r1;
+    RowRange(s, rows_per_split, spatial, &r0, &r1);
     BlockMoments(x, n * spatial * channels + c0, r0, r1, channels, cpg, tpr, w_n, w_mean, w_m2, &s_n, &s_mean,
                  &s_m2);
     if (threadIdx.x == 0) {
@@ -211,15 +160,7 @@ __global__ void __launch_bounds__(kMaxThreads)
       double cnt = 0.0, mean = 0.0, m2 = 0.0;
       for (int64_t k = 0; k < splits; ++k) {
         const double* p = partial + (grp * splits + k) * 3;
-        if (p[0] == 0.0) continue;
-        if (cnt == 0.0) {
-          cnt = p[0], mean = p[1], m2 = p[2];
-          continue;
-        }
-        const double nn = cnt + p[0], delta = p[1] - mean;
-        mean += delta * (p[0] / nn);
-        m2 += p[2] + delta * delta * (cnt * p[0] / nn);
-        cnt = nn;
+        ChanCombine(cnt, mean, m2, p[0], p[1], p[2]);
       }
       s_mean = static_cast<float>(mean);
       s_rstd = static_cast<float>(1.0 / sqrt(m2 / cnt + static_cast<double>(eps)));
@@ -227,8 +168,8 @@ __global__ void __launch_bounds__(kMaxThreads)
     __syncthreads();
     const int64_t n = grp / groups;
     const int64_t c0 = (grp % groups) * cpg;
-    const int64_t r0 = s * rows_per_split;
-    const int64_t r1 = r0 + rows_per_split < spatial ? r0 + rows_per_split : spatial;
+    int64_t r0, r1;
+    RowRange(s, rows_per_split, spatial, &r0, &r1);
     BlockApply(x, y, scale, bias, n * spatial * channels + c0, c0, r0, r1, channels, cpg, tpr, s_mean, s_rstd, act);
     __syncthreads();  // s_mean / s_rstd are reused by the next unit
   }
