@@ -120,9 +120,10 @@ def input_specs(model: onnx.ModelProto, input_shapes: Mapping[str, tuple] | None
             else:
                 sym = f"'{d.dim_param}'" if d.dim_param else "unknown"
                 raise PassError(f"graph input '{i.name}' dim {k} is symbolic ({sym}): give the input's "
-                                f"shape, e.g. --input-shape {i.name}="
-                                + "x".join(str(int(x.dim_value)) if x.HasField("dim_value") else "N"
-                                           for x in dims))
+                                f"shape with every dim a number, e.g. --input-shape {i.name}="
+                                + "x".join(str(int(x.dim_value)) if x.HasField("dim_value")
+                                           else str(DEFAULT_BATCH) if j == 0 else f"<{x.dim_param or 'dim' + str(j)}>"
+                                           for j, x in enumerate(dims)))
         specs[i.name] = (tuple(shape), dtype)
     return specs
 
