@@ -14,7 +14,8 @@ the cache-resident kernel speed shows) and a large one (its working set, bytes r
   copy      torch ``dst.copy_(src)`` of (read + written) / 2 bytes (so a copy moves the same
             bytes as the op), torch.set_num_threads(threads); ORT Identity may alias, so no
 
-Times are the median of ``repeat`` runs after one warm-up; GB/s = (bytes read + written) /
+Times are the median of at least ``repeat`` runs, and of as many as fill ``MIN_SECONDS``, after
+one warm-up; GB/s = (bytes read + written) /
 time, where the bytes are those of the activation inputs and outputs (parameters of C
 elements are negligible). Ratios: a / b of the two times.
 
@@ -339,10 +340,18 @@ def stock_model(case: Case, label: str) -> onnx.ModelProto:
 
 # ---- timing ---------------------------------------------------------------------------------
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
+#: Each path runs at least ``repeat`` times and at least this long (seconds; the quick run uses a
+#: tenth): a median of 5 runs of a 0.4 ms kernel is mostly noise (thread-pool wake-up, another
+#: runtime's threads still spinning after its last call).
+MIN_SECONDS = 0.25
+_min_seconds = MIN_SECONDS
+
+
+def median_ms(fn: Callable[[], object], repeat: int, min_seconds: float | None = None) -> float:
+    min_seconds = _min_seconds if min_seconds is None else min_seconds
     fn()                                    # warm-up
-    ts = []
-    for _ in range(max(1, repeat)):
+    ts: list[float] = []
+    while len(ts) < max(1, repeat) or (sum(ts) < min_seconds and len(ts) < 100_000):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
@@ -527,9 +536,11 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
     if bad:
         raise ValueError(f"unknown graph(s) {', '.join(bad)}; known: {', '.join(GRAPHS)}")
     llc, llc_src = llc_bytes()
-    prev_threads = torch.get_num_threads()
+    global _min_seconds
+    prev_threads, prev_min = torch.get_num_threads(), _min_seconds
     torch.set_num_threads(threads)
-    doc = {"threads": threads, "repeat": repeat, "quick": quick, "llc_bytes": llc, "llc_source": llc_src,
+    _min_seconds = MIN_SECONDS / 10 if quick else MIN_SECONDS
+    doc = {"threads": threads, "repeat": repeat, "min_seconds": _min_seconds, "quick": quick, "llc_bytes": llc, "llc_source": llc_src,
            "large_rule": f"bytes read + written >= {LLC_MULTIPLE} x LLC",
            "onnxruntime": ort.__version__, "torch": torch.__version__, "library": library_path(),
            "ops": [], "graphs": []}
@@ -554,6 +565,7 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
                 doc["graphs"].append(bench_graph(g, GRAPHS[g], threads, repeat, tmp))
     finally:
         torch.set_num_threads(prev_threads)
+        _min_seconds = prev_min
     return doc
 
 
@@ -566,7 +578,7 @@ def _fmt(v, spec=".3f"):
 def format_report(doc: dict) -> str:
     from .parity import format_table
     lines = [f"normexport bench: {doc['threads']} threads (ORT intra-op and torch), median of "
-             f"{doc['repeat']} runs after 1 warm-up; LLC {doc['llc_bytes'] >> 20} MiB "
+             f">= {doc['repeat']} runs filling >= {doc.get('min_seconds', 0):g} s after 1 warm-up; LLC {doc['llc_bytes'] >> 20} MiB "
              f"({doc['llc_source']}); large = {doc['large_rule']}",
              f"onnxruntime {doc['onnxruntime']}, torch {doc['torch']}, library: "
              f"{doc['library'] or 'not built'}",
