@@ -67,12 +67,14 @@ buffer and parameter stay as they were, and each module's train/eval flag is res
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from .nn._stats import combine_moments
 
 __all__ = ["train_infer_gap", "recalibrate", "bn_family_layers", "load_batches", "GapReport",
            "GapRow", "RecalibrationReport", "RecalibrationRow", "BNLayer", "DEFAULT_MEAN_THRESHOLD",
@@ -206,11 +208,10 @@ class _Moments:
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean_b, m2_b
         else:
-            tot = self.n + n
-            delta = mean_b - self.mean
-            self.mean = self.mean + delta * (n / tot)
-            self.m2 = self.m2 + m2_b + delta.square() * (self.n * n / tot)
-            self.n = tot
+            counts = torch.tensor([[float(self.n)], [float(n)]], dtype=torch.float64)
+            _, self.mean, self.m2 = combine_moments(counts, torch.stack([self.mean, mean_b]),
+                                                    torch.stack([self.m2, m2_b]))
+            self.n += n
         if instance and xd.dim() > 2:
             s = math.prod(xd.shape[2:])
             iv, im = torch.var_mean(xd.flatten(2), dim=2, correction=1 if s > 1 else 0)

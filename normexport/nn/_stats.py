@@ -63,9 +63,19 @@ def batch_mean_var(x: torch.Tensor, process_group=None, *, layer: str = "batch n
         raise ValueError(f"{layer}: batch statistics need more than one value per channel in "
                          f"training mode, the global batch has {count} (input shape "
                          f"{tuple(x.shape)} on this process)")
-    g_mean = (counts * means).sum(0) / total
-    g_m2 = (m2s + counts * (means - g_mean) ** 2).sum(0)
+    _, g_mean, g_m2 = combine_moments(counts, means, m2s)
     return g_mean, g_m2 / total, count
+
+
+def combine_moments(counts: torch.Tensor, means: torch.Tensor, m2s: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chan et al.'s parallel formula: the pooled ``(count, mean, M2)`` of P groups, given each
+    group's value count ``counts`` (P, 1), per-channel ``means`` (P, C) and sums of squared
+    deviations ``m2s`` (P, C). Exact (no E[x^2] - E[x]^2); the one implementation the
+    cross-process statistics and ``normexport.calibrate``'s precise BN share."""
+    total = counts.sum(0)
+    mean = (counts * means).sum(0) / total
+    return total, mean, (m2s + counts * (means - mean) ** 2).sum(0)
 
 
 @torch.no_grad()
