@@ -6,7 +6,6 @@ layer of the registry, leaves other buffers and the train/eval flags alone; the
 ``normexport recalibrate`` CLI."""
 
 import copy
-import io
 import math
 import textwrap
 

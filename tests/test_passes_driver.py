@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto as TP
 from onnx import helper as h

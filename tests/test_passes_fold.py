@@ -18,7 +18,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 from normexport import passes
-from normexport.passes import NoMatch, PassError, rewrite
+from normexport.passes import NoMatch, rewrite
 from normexport.passes.base import import_graph
 from normexport.passes.fold_bn import FoldBNAfter, FoldBNBefore
 from normexport.reference import _conv
