@@ -3,6 +3,8 @@ the native CPU kernel and the ONNX function body against the float64 reference, 
 (ranks 2-5, one group / one channel per group, fused activations, NaN/Inf, empty tensors, a
 large mean against a tiny spread, split groups), thread-count independence, and errors."""
 
+import os
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -81,10 +83,26 @@ def test_contract(path, dtype, shape, groups, activation, library):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 @pytest.mark.parametrize("shape,groups", [((1, 4, 300, 301), 2), ((2, 2, 200, 300), 1)])
 def test_split_groups(dtype, shape, groups, library):
-    """Groups larger than one task's share are split into chunks (moments combined)."""
+    """Groups of several hundred KiB (whole-group tasks where the L2 holds them, chunked above)."""
     f = feeds_for(shape, dtype, seed=7)
     y = run(gn_model(dtype, num_groups=groups, activation=2), f, "native")
     check(y, f, groups, dtype, activation=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_large_groups_batched_equal_one_by_one(dtype, library):
+    """Groups above the per-task cache budget (at most 2 MiB): with many of them every group is one
+    task (chunk moments, then normalized last chunk first); with few (one sample at a time) the
+    chunks of a group are spread over the threads. Both must give the reference and the same bits."""
+    cpus = min(os.cpu_count() or 1, 16)
+    n, shape1 = 2 * cpus + 1, (1, 2, 600, 1000)          # one group per sample: 600000 values
+    f = feeds_for((n,) + shape1[1:], dtype, seed=11)
+    m = gn_model(dtype, num_groups=1, activation=1)
+    y = run(m, f, "native")
+    check(y, f, 1, dtype, activation=1)
+    for i in (0, n // 2, n - 1):
+        one = dict(f, X=f["X"][i:i + 1])
+        np.testing.assert_array_equal(run(m, one, "native"), y[i:i + 1])
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -3,6 +3,8 @@ graphs (no torch in the loop): the native kernels and the ONNX function bodies a
 references, edge cases (extreme logits, NaN/Inf, empty batch, large mean), thread-count
 independence, and errors naming the op and the mismatch."""
 
+import os
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -198,6 +200,21 @@ def test_sn_contract(path, dtype, shape, using_bn, library):
     f = sn_feeds(shape, using_bn, dtype, seed=len(shape))
     y = run(sn_model(len(shape), dtype, epsilon=1e-3, using_bn=using_bn), f, path)
     assert_close(y, sn_reference(f, using_bn, 1e-3), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("using_bn", [1, 0])
+def test_sn_batched_equal_one_by_one(dtype, using_bn, library):
+    """Many samples: one task per sample (statistics, mix, apply); one sample: the phases spread
+    over the threads. Both must give the reference and the same bits."""
+    cpus = min(os.cpu_count() or 1, 16)
+    n = 4 * cpus + 1
+    f = sn_feeds((n, 8, 40, 50), using_bn, dtype, seed=3)
+    m = sn_model(4, dtype, epsilon=1e-3, using_bn=using_bn)
+    y = run(m, f, "native")
+    assert_close(y, sn_reference(f, using_bn, 1e-3), dtype)
+    for i in (0, n - 1):
+        np.testing.assert_array_equal(run(m, dict(f, X=f["X"][i:i + 1]), "native"), y[i:i + 1])
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -18,14 +18,13 @@
 // plain copy and UseNt() is false.
 #pragma once
 
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
 #include "normexport/common.h"
+#include "normexport/cpu_cache.h"
 #include "normexport/cpu_half.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__CUDACC__)
@@ -39,16 +38,7 @@ namespace stream {
 // Elements of a streaming tile (stack buffer of the compute type).
 inline constexpr int64_t kTile = 1024;
 
-inline int64_t DefaultThresholdBytes() noexcept {
-  long llc = -1;
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-  llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-  if (llc <= 0) llc = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-  return llc > 0 ? static_cast<int64_t>(llc) : (int64_t{32} << 20);
-}
+inline int64_t DefaultThresholdBytes() noexcept { return cache::LlcBytes(); }
 
 // Parses NORMEXPORT_NT_STORE_BYTES (a non-negative decimal integer); -1 when unset or invalid.
 inline int64_t ParseThreshold(const char* s) noexcept {

@@ -2,13 +2,17 @@
 // ORT's intra-op thread pool; the split depends only on the shape, so any thread count gives
 // bit-identical results.
 //
-// * Groups of at most kMaxGroupPerTask elements (the common case): tasks of whole groups,
-//   each group read from memory once (the statistics and normalize passes hit cache).
-// * Larger groups: chunks of kChunk elements, in waves of whole groups of about kWaveBytes
-//   (at least one group). Per wave, phase 1 computes every chunk's moments (two-pass, chunk
-//   hot) in parallel; they are combined per group in a fixed order (Chan); phase 2 normalizes
-//   the wave's chunks in parallel while the wave is still in the last-level cache, so X is
-//   read from memory once. Both threads work inside one group (batch 1 balances).
+// * Groups of at most cache::TaskBytes() (half the L2; the common case): tasks of whole
+//   groups, each group read from memory once (the statistics and normalize passes hit L2).
+// * Larger groups, at least kSerialGroupsPerCpu per hardware thread: one task per group. The
+//   moments of its kChunk-element chunks (two-pass, chunk hot) are combined in chunk order
+//   (Chan), then the chunks are normalized last to first, so the first re-reads find the
+//   group's tail still in L2 (the rest of the group is read from memory a second time: a
+//   group bigger than the cache cannot be read once).
+// * Larger groups, few of them (batch 1, few groups, many threads): the chunks of a wave of
+//   whole groups of about kWaveBytes are spread over all threads. Phase 1 computes every
+//   chunk's moments in parallel; they are combined per group in the same order (so both
+//   paths give the same bits); phase 2 normalizes the wave's chunks in parallel.
 // * Outputs of at least stream::ThresholdBytes() (normexport/cpu_stream.h, the LLC size by
 //   default) are written with streaming stores.
 // The core runs compiled for AVX2 + FMA when the CPU has them (chosen once), else for baseline
@@ -22,10 +26,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "group_norm/gn_core.h"
 #include "group_norm/gn_op.h"
+#include "normexport/cpu_cache.h"
 #include "normexport/cpu_stream.h"
 
 namespace normexport {
@@ -36,8 +42,8 @@ namespace {
 constexpr int64_t kMinElementsPerTask = int64_t{1} << 15;
 // Upper bound on whole-group tasks: enough for load balancing on large machines.
 constexpr int64_t kMaxTasks = 1024;
-// Largest group handled by one task (256 KiB of float: stays in L2 between the passes).
-constexpr int64_t kMaxGroupPerTask = int64_t{1} << 16;
+// Large groups get one task each when there are at least this many per hardware thread.
+constexpr int64_t kSerialGroupsPerCpu = 2;
 // Chunk of a split group.
 constexpr int64_t kChunk = int64_t{1} << 15;
 // Bytes of X per wave of split groups (the wave stays in the LLC between its two phases).
@@ -162,6 +168,36 @@ struct SplitGroupsJob {
   }
 };
 
+// One large group per task: chunk moments combined in chunk order (the numbers of the wave
+// path), then the chunks normalized last to first (the latest chunks are still in L2).
+template <typename T>
+struct SerialGroupsJob {
+  const T* x;
+  T* y;
+  const T* scale;
+  const T* bias;
+  int64_t spatial, G, cpg, group_size;
+  float eps;
+  int act;
+  bool nt;
+  CoreFns<T> fns;
+
+  void Run(int64_t grp) const noexcept {
+    const T* xg = x + grp * group_size;
+    T* yg = y + grp * group_size;
+    Moments m;
+    for (int64_t b = 0; b < group_size; b += kChunk)
+      m = combine(m, fns.moments(xg + b, std::min(kChunk, group_size - b)));
+    for (int64_t b = (group_size - 1) / kChunk * kChunk; b >= 0; b -= kChunk)
+      fns.normalize(xg, yg, b, std::min(group_size, b + kChunk), spatial, scale, bias, (grp % G) * cpg, m, eps,
+                    act, nt);
+    if (nt) stream::Fence();
+  }
+  static void RunTask(void* job, size_t task) {
+    static_cast<const SerialGroupsJob*>(job)->Run(static_cast<int64_t>(task));
+  }
+};
+
 }  // namespace
 
 template <typename T>
@@ -178,7 +214,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     const T* bias = static_cast<const T*>(p.bias);
     const bool nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
 
-    if (p.group_size <= kMaxGroupPerTask) {
+    if (p.group_size * static_cast<int64_t>(sizeof(T)) <= cache::TaskBytes()) {
       const int64_t min_groups = std::max<int64_t>(1, (kMinElementsPerTask + p.group_size - 1) / p.group_size);
       int64_t num_tasks = (p.num_groups_total + min_groups - 1) / min_groups;
       num_tasks = std::max<int64_t>(1, std::min(num_tasks, kMaxTasks));
@@ -192,6 +228,15 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
         kc.ParallelFor(&WholeGroupsJob<T>::RunTask, static_cast<size_t>(num_tasks), static_cast<size_t>(num_tasks),
                        &job);
       }
+      return nullptr;
+    }
+
+    const int64_t cpus = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+    if (p.num_groups_total >= kSerialGroupsPerCpu * cpus) {
+      SerialGroupsJob<T> job{x, y, scale, bias, p.spatial, p.G, p.C / p.G, p.group_size, a.eps, a.activation, nt,
+                             Core<T>()};
+      kc.ParallelFor(&SerialGroupsJob<T>::RunTask, static_cast<size_t>(p.num_groups_total),
+                     static_cast<size_t>(p.num_groups_total), &job);
       return nullptr;
     }
 

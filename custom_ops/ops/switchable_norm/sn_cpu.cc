@@ -1,13 +1,17 @@
 // CPU execution-provider wrapper of normexport::SwitchableNorm: plane
 // statistics split over the N*C planes, mixing over the N samples, then the
 // per-plane multiply-add over the planes, on ORT's intra-op thread pool.
-// Samples are processed in waves of about kWaveBytes of X (at least one sample), so a wave is
-// still in the last-level cache when it is applied; the apply phase runs the wave's planes last
-// to first (the planes read last are the ones most likely still cached when a sample is larger
-// than the cache). Outputs of at least stream::ThresholdBytes() are written with streaming
+// * Many samples (at least kSamplesPerCpu per hardware thread) of at most kMaxSampleTaskBytes:
+//   one task per sample runs all three phases on it: its planes' statistics, the mix, then the
+//   apply pass last plane to first, so the planes read last (still in L2) are re-read first. A
+//   sample that fits in cache::TaskBytes() is read from memory once.
+// * Otherwise (few or huge samples) the phases are split over all threads, in waves of samples
+//   of about kWaveBytes of X (at least one sample), the apply phase again last plane to first.
+// Both paths run the same per-plane and per-sample functions, so they give the same bits. Outputs of at least stream::ThresholdBytes() are written with streaming
 // stores (normexport/cpu_stream.h). Every plane is computed the same way whatever the split.
 #include <algorithm>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "normexport/cpu_parallel.h"
@@ -20,6 +24,10 @@ namespace switchable_norm {
 
 // Bytes of X per wave of samples.
 constexpr int64_t kWaveBytes = int64_t{16} << 20;
+// One task per sample when there are at least this many samples per hardware thread ...
+constexpr int64_t kSamplesPerCpu = 4;
+// ... and a sample is at most this big (a re-read of a larger one comes from memory anyway).
+constexpr int64_t kMaxSampleTaskBytes = int64_t{16} << 20;
 
 // ---- run-time ISA dispatch of the apply phase: baseline x86-64 and AVX2 + FMA ----
 template <typename T>
@@ -75,6 +83,18 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     const int64_t planes_per_task = MinUnitsPerTask(p.plane_size);
     const ApplyFn<T> apply = ApplyCore<T>();
     const int64_t sample_bytes = p.C * p.plane_size * static_cast<int64_t>(sizeof(T));
+    const int64_t cpus = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+    if (p.N >= kSamplesPerCpu * cpus && sample_bytes <= kMaxSampleTaskBytes) {
+      ParallelRanges(kc, p.N, 1, [&t, apply, &p](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          plane_stats<T>(t, n * p.C, (n + 1) * p.C);
+          mix_samples<T>(t, n, n + 1);
+          apply(t, n * p.C, (n + 1) * p.C);
+        }
+        if (t.nt) stream::Fence();
+      });
+      return nullptr;
+    }
     const int64_t samples_per_wave = std::max<int64_t>(1, kWaveBytes / std::max<int64_t>(1, sample_bytes));
     for (int64_t n0 = 0; n0 < p.N; n0 += samples_per_wave) {
       const int64_t n1 = std::min(p.N, n0 + samples_per_wave);

@@ -1,0 +1,54 @@
+// Cache sizes for the CPU kernels' blocking decisions (host C++ only, not for nvcc).
+//
+// The sizes come from sysconf (glibc reads CPUID / sysfs) and are fixed per process. Work
+// splits that use them depend on the machine, never on the thread count, so results stay
+// bit-identical for any intra_op_num_threads.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdint>
+
+namespace normexport {
+namespace cache {
+
+// Last-level cache bytes (L3, else L2; 32 MiB when unknown).
+inline int64_t LlcBytes() noexcept {
+  static const int64_t v = [] {
+    long b = -1;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    b = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    if (b <= 0) b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return b > 0 ? static_cast<int64_t>(b) : (int64_t{32} << 20);
+  }();
+  return v;
+}
+
+// Per-core L2 bytes (1 MiB when unknown).
+inline int64_t L2Bytes() noexcept {
+  static const int64_t v = [] {
+    long b = -1;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return b > 0 ? static_cast<int64_t>(b) : (int64_t{1} << 20);
+  }();
+  return v;
+}
+
+// Bytes of input one task may keep hot between its statistics and normalize passes: half the
+// L2 (the other half holds the output tile, the next block's prefetched lines and the rest),
+// clamped to [256 KiB, 2 MiB]. The last-level cache is not counted on: on a shared (virtual)
+// machine a re-read of a block of several MiB costs about as much as reading it from memory.
+inline int64_t TaskBytes() noexcept {
+  int64_t b = L2Bytes() / 2;
+  if (b < (int64_t{256} << 10)) b = int64_t{256} << 10;
+  if (b > (int64_t{2} << 20)) b = int64_t{2} << 20;
+  return b;
+}
+
+}  // namespace cache
+}  // namespace normexport
