@@ -2,8 +2,12 @@
 
 Op level, for each ``normexport`` custom op of the registry, at the small shapes (fit in cache:
 a single tiny sample, where per-call overhead shows, and a batch of 8 ResNet-stage maps, where
-the cache-resident kernel speed shows) and a large one (its working set, bytes read + written,
->= 4x the last-level cache), all in one run with one thread count:
+the cache-resident kernel speed shows) and two large ones (working set, bytes read + written,
+>= 4x the last-level cache): a batch of (64, 56, 56) maps, whose planes, groups and samples fit
+in a core's L2 so a kernel can read its input from memory once, and one huge sample
+(1, 64, H, H), whose planes, groups and sample do not: statistics over a unit bigger than the
+cache need a second read of it, from memory (or from the last-level cache where it is big and
+not shared), so that row measures the two-read regime. All in one run with one thread count:
 
   native    ORT with the op library (one ``normexport::<Op>`` node; n/a when the registry's
             kernel table lists no CPU kernel or the library is not built)
@@ -49,6 +53,7 @@ SMALL_SHAPES = ((1, 32, 16, 16), (8, 64, 56, 56))   # both fit in the last-level
 SMALL_SHAPE = SMALL_SHAPES[0]
 LLC_MULTIPLE = 4
 LARGE_CHANNELS = 64
+LARGE_PLANE = (56, 56)
 FALLBACK_LLC = 32 << 20
 
 
@@ -411,12 +416,26 @@ def _native_available(op) -> tuple[bool, str]:
 
 
 def _shape_for(recipe, bytes_target: int) -> tuple[int, int, int, int]:
-    """(1, LARGE_CHANNELS, H, H) whose bytes read + written reach bytes_target."""
+    """(1, LARGE_CHANNELS, H, H) whose bytes read + written reach bytes_target: one sample whose
+    planes, groups and sample are far larger than any per-core cache."""
     probe = recipe((1, LARGE_CHANNELS, 4, 4), _rng())
     per_x = _case_bytes(probe) / (LARGE_CHANNELS * 16)      # bytes per element of X
     hw = bytes_target / per_x / LARGE_CHANNELS
     h = int(math.ceil(math.sqrt(hw) / 8) * 8)
     return (1, LARGE_CHANNELS, h, h)
+
+
+def _batch_shape_for(recipe, bytes_target: int) -> tuple[int, int, int, int]:
+    """(N, LARGE_CHANNELS, *LARGE_PLANE) whose bytes read + written reach bytes_target: a batch of
+    ordinary activations (a ResNet stage-1 map), each plane, group and sample cache-sized."""
+    h, w = LARGE_PLANE
+    probe = recipe((1, LARGE_CHANNELS, h, w), _rng())
+    return (int(math.ceil(bytes_target / _case_bytes(probe))), LARGE_CHANNELS, h, w)
+
+
+def large_shapes(recipe, bytes_target: int) -> list[tuple[int, int, int, int]]:
+    """The large shapes: a batch of activations, then one huge sample."""
+    return [_batch_shape_for(recipe, bytes_target), _shape_for(recipe, bytes_target)]
 
 
 def _case_bytes(case: Case) -> int:
@@ -556,7 +575,7 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
                     elif size == "small":
                         shapes = list(SMALL_SHAPES)
                     else:
-                        shapes = [_shape_for(recipe, LLC_MULTIPLE * llc)]
+                        shapes = large_shapes(recipe, LLC_MULTIPLE * llc)
                     for shape in shapes:
                         log(f"op {spec.export.op_type} {size} {shape} ...")
                         doc["ops"].append(bench_op(spec, size, shape, threads, repeat, tmp))
@@ -606,6 +625,19 @@ def format_report(doc: dict) -> str:
                          _fmt(ms / copy["ms"] if ms and copy else None, ".2f"),
                          "-" if k in ("function", "copy") else _fmt(diffs.get(k), ".1e")])
         lines.append(format_table(["path", "ms", "GB/s", "x native", "x copy", "max|diff| vs function"], rows))
+    summary = [r for r in doc["ops"] if r["measurements"].get("native")]
+    if summary:
+        lines.append("\nsummary, native kernel against: a copy of the same bytes (time ratio, lower is better), "
+                     "the best stock-ORT formulation and torch eager (speed-ups, higher is better):")
+        rows = []
+        for r in summary:
+            rat = r["ratios"]
+            stock = [v for k, v in rat.items() if k.startswith("stock:") and v is not None]
+            rows.append([r["op"], r["size"], "x".join(map(str, r["shape"])),
+                         _fmt(rat.get("native/copy"), ".2f"), _fmt(max(stock) if stock else None, ".2f"),
+                         _fmt(rat.get("torch/native"), ".2f")])
+        lines.append(format_table(["op", "size", "shape", "native / copy", "best stock / native",
+                                   "torch / native"], rows))
     if doc["graphs"]:
         lines.append("\nmodels (normexport.graphs, exported with custom ops), ms per batch:")
         rows = [[g["graph"], str(g["batch"]), _fmt(g["ms"]["ort_library"]), _fmt(g["ms"]["ort_function"]),

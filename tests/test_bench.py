@@ -99,6 +99,7 @@ def test_text_report_and_op_filter(capsys):
     assert "normexport::FilterResponseNorm" in out and "normexport::GroupNorm" in out
     assert "normexport::AdaIN" not in out and "models" not in out
     assert "memory copy" in out and "x native" in out and "GB/s" in out
+    assert "summary, native kernel against" in out
 
 
 def test_bad_arguments(capsys):
@@ -119,3 +120,15 @@ def test_small_size_runs_every_cache_resident_shape():
     for x in d["ops"]:
         assert x["size"] == "small" and 0 < x["bytes"] < d["llc_bytes"], x
         assert x["measurements"]["native"] is None or _positive(x["measurements"]["native"]["ms"])
+
+
+def test_large_shapes_batch_and_one_sample():
+    """`large` is two shapes per op, each moving >= the target bytes: a batch of (64, 56, 56) maps
+    (planes, groups and samples cache-sized) and one huge sample."""
+    target = 48 << 20
+    for op, recipe in bench.RECIPES.items():
+        batch, one = bench.large_shapes(recipe, target)
+        assert batch[0] > 1 and batch[1:] == (bench.LARGE_CHANNELS, *bench.LARGE_PLANE), (op, batch)
+        assert one[0] == 1 and one[1] == bench.LARGE_CHANNELS and one[2] == one[3] > 3 * batch[2], (op, one)
+        for shape in (batch, one):
+            assert bench._case_bytes(recipe(shape, bench._rng())) >= target, (op, shape)

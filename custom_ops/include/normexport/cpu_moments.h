@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "normexport/common.h"
@@ -111,53 +112,96 @@ inline Partial combine(const Partial& a, const Partial& b) noexcept {
           a.m2 + b.m2 + delta * delta * (static_cast<double>(a.n) * static_cast<double>(b.n) / dn)};
 }
 
+// Float sums run in kFloatLanes float lanes (lane k holds the elements i with i % 16 == k of a
+// block) over blocks of kFloatBlock elements (16 terms per lane), each block's lanes added into
+// as many double lanes (vector adds, no serial chain), the double lanes summed pairwise at the
+// end.
 constexpr int kFloatLanes = 16;
-constexpr int64_t kFloatBlock = 16 * kFloatLanes;  // float terms per lane between double flushes: 16
+constexpr int64_t kFloatBlock = 16 * kFloatLanes;
 
-NX_MOM_INLINE double reduce16(double (&d)[kFloatLanes]) noexcept {
+NX_MOM_INLINE double reduce_lanes(double (&d)[kFloatLanes]) noexcept {
   for (int w = kFloatLanes / 2; w > 0; w /= 2)
     for (int j = 0; j < w; ++j) d[j] += d[j + w];
   return d[0];
 }
 
-// sum(x - k) in float lanes, blocks totalled in double
-NX_MOM_INLINE double shifted_sum_f(const float* x, int64_t n, float k) noexcept {
-  double total = 0.0;
-  double dacc[kFloatLanes] = {};
+// Mean of the first (up to) 8 values (pairwise, float): the shift of shifted_sum_f.
+NX_MOM_INLINE float shift_of(const float* x, int64_t n) noexcept {
+  if (n < 8) return x[0];
+  return (((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))) * 0.125f;
+}
+
+// Block sums of f(x - k) over whole 16-value rows of x[0, n): d = x - k (Square: d * d) per
+// lane, into dacc; returns the number of values consumed (a multiple of kFloatLanes).
+#if defined(__GNUC__)
+template <bool Square>
+NX_MOM_INLINE int64_t lane_sums(const float* x, int64_t n, float k, double (&dacc)[kFloatLanes]) noexcept {
+  typedef float v8 __attribute__((vector_size(32)));
+  const v8 kk = {k, k, k, k, k, k, k, k};
   int64_t i = 0;
   while (i + kFloatLanes <= n) {
     const int64_t rows = std::min<int64_t>(kFloatBlock, n - i) / kFloatLanes;
-    float acc[kFloatLanes] = {};
-    for (int64_t r = 0; r < rows; ++r, i += kFloatLanes)
-      for (int j = 0; j < kFloatLanes; ++j) acc[j] += x[i + j] - k;
-    for (int j = 0; j < kFloatLanes; ++j) dacc[j] += static_cast<double>(acc[j]);
+    v8 a0 = {0, 0, 0, 0, 0, 0, 0, 0}, a1 = a0;
+    for (int64_t r = 0; r < rows; ++r, i += kFloatLanes) {
+      v8 v0, v1;
+      std::memcpy(&v0, x + i, sizeof(v0));
+      std::memcpy(&v1, x + i + 8, sizeof(v1));
+      v0 -= kk;
+      v1 -= kk;
+      if constexpr (Square) {
+        a0 += v0 * v0;
+        a1 += v1 * v1;
+      } else {
+        a0 += v0;
+        a1 += v1;
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      dacc[j] += static_cast<double>(a0[j]);
+      dacc[j + 8] += static_cast<double>(a1[j]);
+    }
   }
-  for (; i < n; ++i) total += static_cast<double>(x[i] - k);
-  return total + reduce16(dacc);
+  return i;
 }
-
-// sum((x - m)^2), m = (float)mean, in float lanes, blocks totalled in double, then the exact
-// identity sum((x - m)^2) = sum((x - mean)^2) + n (mean - m)^2 removes the rounding of m
-NX_MOM_INLINE double centered_sq_sum_f(const float* x, int64_t n, double mean) noexcept {
-  const float m = static_cast<float>(mean);
-  double total = 0.0;
-  double dacc[kFloatLanes] = {};
+#else
+template <bool Square>
+NX_MOM_INLINE int64_t lane_sums(const float* x, int64_t n, float k, double (&dacc)[kFloatLanes]) noexcept {
   int64_t i = 0;
   while (i + kFloatLanes <= n) {
     const int64_t rows = std::min<int64_t>(kFloatBlock, n - i) / kFloatLanes;
     float acc[kFloatLanes] = {};
     for (int64_t r = 0; r < rows; ++r, i += kFloatLanes)
       for (int j = 0; j < kFloatLanes; ++j) {
-        const float d = x[i + j] - m;
-        acc[j] += d * d;
+        const float d = x[i + j] - k;
+        acc[j] += Square ? d * d : d;
       }
     for (int j = 0; j < kFloatLanes; ++j) dacc[j] += static_cast<double>(acc[j]);
   }
+  return i;
+}
+#endif
+
+// sum(x - k) in float lanes, blocks totalled in double
+NX_MOM_INLINE double shifted_sum_f(const float* x, int64_t n, float k) noexcept {
+  double dacc[kFloatLanes] = {};
+  int64_t i = lane_sums<false>(x, n, k, dacc);
+  double total = 0.0;
+  for (; i < n; ++i) total += static_cast<double>(x[i] - k);
+  return total + reduce_lanes(dacc);
+}
+
+// sum((x - m)^2), m = (float)mean, in float lanes, blocks totalled in double, then the exact
+// identity sum((x - m)^2) = sum((x - mean)^2) + n (mean - m)^2 removes the rounding of m
+NX_MOM_INLINE double centered_sq_sum_f(const float* x, int64_t n, double mean) noexcept {
+  const float m = static_cast<float>(mean);
+  double dacc[kFloatLanes] = {};
+  int64_t i = lane_sums<true>(x, n, m, dacc);
+  double total = 0.0;
   for (; i < n; ++i) {
     const double d = static_cast<double>(x[i] - m);
     total += d * d;
   }
-  total += reduce16(dacc);
+  total += reduce_lanes(dacc);
   const double r = mean - static_cast<double>(m);
   const double m2 = total - static_cast<double>(n) * r * r;
   return m2 > 0.0 ? m2 : (m2 == m2 ? 0.0 : m2);
@@ -170,7 +214,7 @@ NX_MOM_INLINE Partial chunk_double(const C* x, int64_t n) noexcept {
 }
 
 NX_MOM_INLINE Partial chunk_float(const float* x, int64_t n) noexcept {
-  const float k = n < 8 ? x[0] : (((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))) * 0.125f;
+  const float k = shift_of(x, n);
   const double mean = static_cast<double>(k) + shifted_sum_f(x, n, k) / static_cast<double>(n);
   if (!std::isfinite(mean)) return chunk_double(x, n);  // overflow of x - k, or NaN/Inf data
   const double m2 = centered_sq_sum_f(x, n, mean);

@@ -32,6 +32,14 @@
 #include <emmintrin.h>
 #endif
 
+#if defined(__GNUC__)
+#define NX_STREAM_INLINE inline __attribute__((always_inline))
+#define NX_STREAM_LAMBDA __attribute__((always_inline))
+#else
+#define NX_STREAM_INLINE inline
+#define NX_STREAM_LAMBDA
+#endif
+
 namespace normexport {
 namespace stream {
 
@@ -102,8 +110,12 @@ inline void Store(T* dst, const T* src, int64_t n) noexcept {
 
 // Writes n results into y: f(out, off, len) computes elements [off, off + len) into out[0, len).
 // Without nt, f writes straight into y (one call); with nt, through an L1 tile and Store.
+// Force-inlined, with its callers' lambdas marked NX_STREAM_INLINE too: the kernels compile
+// their cores a second time inside AVX2 + FMA wrappers, and an out-of-line copy of this
+// template (or of the lambda) is compiled for baseline x86-64 only, so the whole normalize pass
+// ran with 4-wide SSE and no FMA (half of SwitchableNorm's time).
 template <typename T, typename F>
-inline void WriteTiled(T* y, int64_t n, bool nt, const F& f) {
+NX_STREAM_INLINE void WriteTiled(T* y, int64_t n, bool nt, const F& f) {
   if (!nt) {
     f(y, int64_t{0}, n);
     return;

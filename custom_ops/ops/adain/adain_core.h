@@ -225,7 +225,7 @@ template <typename C>
 NX_ADAIN_INLINE void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha,
                           bool nt) noexcept {
   const PlaneCoeffs<C> k = coeffs<C>(moments(x, sx), moments(z, sz), eps, alpha);
-  stream::WriteTiled(y, sx, nt, [&](C* out, int64_t off, int64_t len) {
+  stream::WriteTiled(y, sx, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
     apply<C>(x + off, out, len, k.m_hi, k.m_lo, k.a, k.b);
   });
 }

@@ -34,6 +34,7 @@
 
 #include "normexport/common.h"
 #include "normexport/cpu_half.h"
+#include "normexport/cpu_moments.h"
 #include "normexport/cpu_stream.h"
 
 // The hot functions are force-inlined so that gn_cpu.cc can compile them a second time
@@ -46,6 +47,8 @@
 
 namespace normexport {
 namespace gn {
+
+namespace mom = ::normexport::moments;  // the shared statistics loops (normexport/cpu_moments.h)
 
 enum Activation : int { kNone = 0, kRelu = 1, kSilu = 2 };
 
@@ -80,126 +83,7 @@ struct compute_type<double> {
   using type = double;
 };
 
-// Independent accumulator lanes: enough to hide most of the add latency (2-4 AVX2 vector
-// accumulators), no reassociation by the compiler needed (no -ffast-math).
-constexpr int kLanes = 16;       // double lanes
-constexpr int kFloatLanes = 16;  // float lanes (shifted sum, centered sum of squares)
 constexpr int64_t kHalfChunk = 8192;  // float16: elements converted per stack chunk (32 KiB)
-
-template <typename C>
-NX_GN_INLINE double sum(const C* x, int64_t n) noexcept {
-  double acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += static_cast<double>(x[i + j]);
-  double s = 0.0;
-  for (; i < n; ++i) s += static_cast<double>(x[i]);
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
-}
-
-// sum((x - mean)^2) with double lanes (double data)
-NX_GN_INLINE double centered_sum_squares(const double* x, int64_t n, double mean) noexcept {
-  double acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double d = x[i + j] - mean;
-      acc[j] += d * d;
-    }
-  }
-  double s = 0.0;
-  for (; i < n; ++i) {
-    const double d = x[i] - mean;
-    s += d * d;
-  }
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
-}
-
-// Pairwise (tree) sum of the double lanes: vector adds, no long dependency chain.
-NX_GN_INLINE double reduce_lanes(double (&d)[kFloatLanes]) noexcept {
-  for (int w = kFloatLanes / 2; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) d[j] += d[j + w];
-  return d[0];
-}
-
-// sum(x - k) for float data: float lanes over blocks (kBlock / kFloatLanes = 16 terms per
-// lane), blocks summed in double. With k near the mean the terms are O(std), so the float
-// partial sums lose nothing that matters: the error is <= 16 * 2^-24 * sum|x - k|.
-NX_GN_INLINE double shifted_sum(const float* x, int64_t n, float k) noexcept {
-  constexpr int64_t kBlock = 16 * kFloatLanes;
-  double total = 0.0;
-  double dacc[kFloatLanes] = {};
-  int64_t i = 0;
-  while (i + kFloatLanes <= n) {
-    const int64_t rows = std::min<int64_t>(kBlock, n - i) / kFloatLanes;
-    float acc[kFloatLanes] = {};
-    for (int64_t r = 0; r < rows; ++r, i += kFloatLanes)
-      for (int j = 0; j < kFloatLanes; ++j) acc[j] += x[i + j] - k;
-    for (int j = 0; j < kFloatLanes; ++j) dacc[j] += static_cast<double>(acc[j]);  // vector, no chain
-  }
-  for (; i < n; ++i) total += static_cast<double>(x[i] - k);
-  total += reduce_lanes(dacc);
-  return total;
-}
-
-// The shift of shifted_sum: mean of the first (up to) 8 values (pairwise, float). A non-finite
-// result (NaN/Inf data, overflow) makes the caller fall back to the plain double sum.
-NX_GN_INLINE float shift_of(const float* x, int64_t n) noexcept {
-  if (n < 8) return x[0];
-  return (((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))) * 0.125f;
-}
-
-// sum((x - mean)^2) with double lanes for float data (fallback when float squares overflow).
-NX_GN_INLINE double centered_sum_squares_f64(const float* x, int64_t n, double mean) noexcept {
-  double acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double d = static_cast<double>(x[i + j]) - mean;
-      acc[j] += d * d;
-    }
-  }
-  double s = 0.0;
-  for (; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) - mean;
-    s += d * d;
-  }
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
-}
-
-// sum((x - mean)^2) for float data: d = x - m with m = (float)mean, squares summed in float
-// lanes over blocks of kBlock elements (positive terms, kBlock / kFloatLanes = 16 per lane:
-// relative error <= 16 * 2^-24) and the blocks in double; then the exact identity
-// sum((x - m)^2) = sum((x - mean)^2) + n * (mean - m)^2 removes the rounding of m.
-NX_GN_INLINE double centered_sum_squares(const float* x, int64_t n, double mean) noexcept {
-  constexpr int64_t kBlock = 16 * kFloatLanes;
-  const float m = static_cast<float>(mean);
-  double total = 0.0;
-  double dacc[kFloatLanes] = {};
-  int64_t i = 0;
-  while (i + kFloatLanes <= n) {  // blocks of up to kBlock elements, whole lane rows
-    const int64_t rows = std::min<int64_t>(kBlock, n - i) / kFloatLanes;
-    float acc[kFloatLanes] = {};
-    for (int64_t r = 0; r < rows; ++r, i += kFloatLanes) {
-      for (int j = 0; j < kFloatLanes; ++j) {
-        const float d = x[i + j] - m;
-        acc[j] += d * d;
-      }
-    }
-    for (int j = 0; j < kFloatLanes; ++j) dacc[j] += static_cast<double>(acc[j]);
-  }
-  for (; i < n; ++i) {
-    const double d = static_cast<double>(x[i] - m);
-    total += d * d;
-  }
-  total += reduce_lanes(dacc);
-  const double r = mean - static_cast<double>(m);  // NaN when mean is NaN/Inf: kept
-  const double m2 = total - static_cast<double>(n) * r * r;
-  return m2 > 0.0 ? m2 : (m2 == m2 ? 0.0 : m2);
-}
 
 // exp(t) in float for the SiLU, t already clamped to [-87, 88] (NaN allowed): Cody-Waite range
 // reduction t = k ln2 + r, |r| <= ln2 / 2, Cephes' degree-6 polynomial (about 1 ulp), 2^k
@@ -359,32 +243,32 @@ NX_GN_INLINE Moments moments(const T* x, int64_t n) noexcept {
   if (n <= 0) return r;
   const double dn = static_cast<double>(n);
   if constexpr (std::is_same<T, double>::value) {
-    r.mean = detail::sum(x, n) / dn;
-    r.m2 = detail::centered_sum_squares(x, n, r.mean);
+    r.mean = mom::sum(x, n) / dn;
+    r.m2 = mom::centered_sq_sum(x, n, r.mean);
   } else if constexpr (std::is_same<T, float>::value) {
     // pass 1: shifted float sum (mean to ~1e-7 std); pass 2: centered squares
-    const float k = detail::shift_of(x, n);
-    r.mean = static_cast<double>(k) + detail::shifted_sum(x, n, k) / dn;
-    if (!std::isfinite(r.mean)) r.mean = detail::sum(x, n) / dn;  // float overflow of x - k, or NaN/Inf data
-    r.m2 = detail::centered_sum_squares(x, n, r.mean);
-    if (!std::isfinite(r.m2) && std::isfinite(r.mean)) r.m2 = detail::centered_sum_squares_f64(x, n, r.mean);
+    const float k = mom::detail::shift_of(x, n);
+    r.mean = static_cast<double>(k) + mom::detail::shifted_sum_f(x, n, k) / dn;
+    if (!std::isfinite(r.mean)) r.mean = mom::sum(x, n) / dn;  // float overflow of x - k, or NaN/Inf data
+    r.m2 = mom::detail::centered_sq_sum_f(x, n, r.mean);
+    if (!std::isfinite(r.m2) && std::isfinite(r.mean)) r.m2 = mom::centered_sq_sum(x, n, r.mean);
   } else {  // half: the same on float chunks
     float buf[detail::kHalfChunk];
     const int64_t first = std::min(detail::kHalfChunk, n);
     half_to_float_n(x, buf, static_cast<size_t>(first));
-    const float k = detail::shift_of(buf, first);
+    const float k = mom::detail::shift_of(buf, first);
     double s = 0.0;
     for (int64_t off = 0; off < n; off += detail::kHalfChunk) {
       const int64_t len = std::min(detail::kHalfChunk, n - off);
       if (off > 0) half_to_float_n(x + off, buf, static_cast<size_t>(len));
-      s += detail::shifted_sum(buf, len, k);
+      s += mom::detail::shifted_sum_f(buf, len, k);
     }
     r.mean = static_cast<double>(k) + s / dn;  // half values cannot overflow x - k in float
     double q = 0.0;
     for (int64_t off = 0; off < n; off += detail::kHalfChunk) {
       const int64_t len = std::min(detail::kHalfChunk, n - off);
       half_to_float_n(x + off, buf, static_cast<size_t>(len));
-      q += detail::centered_sum_squares(buf, len, r.mean);
+      q += mom::detail::centered_sq_sum_f(buf, len, r.mean);
     }
     r.m2 = q;
   }

@@ -57,7 +57,7 @@ NX_SPADE_INLINE void modulate_values(const C* x, const C* g, const C* b, C* y, i
 // nt: streaming stores through a tile (normexport/cpu_stream.h).
 template <typename C>
 NX_SPADE_INLINE void modulate(const C* x, const C* g, const C* b, C* y, int64_t n, Norm<C> p, bool nt) noexcept {
-  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
+  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
     modulate_values<C>(x + off, g + off, b + off, out, len, p);
   });
 }

@@ -135,7 +135,7 @@ NX_SN_INLINE void affine_values(const C* x, C* y, int64_t n, C hi, C lo, C a, C 
 }
 template <typename C>
 NX_SN_INLINE void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt) noexcept {
-  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) {
+  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
     affine_values<C>(x + off, out, len, hi, lo, a, b);
   });
 }
