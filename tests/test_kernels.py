@@ -64,6 +64,15 @@ def test_contract(path, dtype, shape, tlu, library):
     assert normexport.compare([y], [reference(f, 1e-4, tlu)], tolerance=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_plane_above_the_cache_budget(dtype, library):
+    """A plane bigger than a task's L2 budget (2 MiB at most) is written tail first."""
+    f = feeds_for((1, 2, 700, 1000), dtype, seed=4)
+    y = run(frn_model(dtype), f, "native")
+    result = normexport.compare([y], [reference(f)], tolerance=normexport.registry.REGISTRY["frn"].tolerances[dtype])
+    assert result, str(result)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_threads_give_identical_results(path, library):
     f = feeds_for((4, 16, 33, 35), "float32", seed=5)

@@ -88,6 +88,13 @@ def test_adain_contract(path, dtype, shape, style_spatial, alpha, library):
     close(ys, adain_ref(f, 1e-4, alpha), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adain_plane_above_the_cache_budget(dtype, library):
+    """A content plane bigger than a task's L2 budget (2 MiB at most) is written tail first."""
+    f = adain_feeds((1, 2, 700, 1000), (300, 200), dtype, seed=9)
+    close(run(adain_model(4, dtype, alpha=0.7), f, "native"), adain_ref(f, 1e-5, 0.7), dtype)
+
+
 def test_adain_defaults_and_identity(library):
     f = adain_feeds((2, 4, 6, 6), (3, 3), "float32")
     close(run(adain_model(4), f, "native"), adain_ref(f), "float32")      # epsilon 1e-5, alpha 1

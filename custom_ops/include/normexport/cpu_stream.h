@@ -128,6 +128,23 @@ NX_STREAM_INLINE void WriteTiled(T* y, int64_t n, bool nt, const F& f) {
   }
 }
 
+// WriteTiled for the second pass over an input that was just read whole: when the input (the
+// same n elements of T) is larger than cache::TaskBytes(), the output is produced in segments
+// from the last to the first, so the first re-reads find the input's tail still in L2 instead of
+// going to memory for all of it. Same values as WriteTiled (elementwise f).
+template <typename T, typename F>
+NX_STREAM_INLINE void WriteTiledTailFirst(T* y, int64_t n, bool nt, const F& f) {
+  constexpr int64_t kSegment = int64_t{16} << 10;  // elements
+  if (n * static_cast<int64_t>(sizeof(T)) <= cache::TaskBytes()) {
+    WriteTiled(y, n, nt, f);
+    return;
+  }
+  for (int64_t s = (n - 1) / kSegment * kSegment; s >= 0; s -= kSegment) {
+    const int64_t len = (n - s < kSegment) ? n - s : kSegment;
+    WriteTiled(y + s, len, nt, [&](T* out, int64_t off, int64_t l) NX_STREAM_LAMBDA { f(out, s + off, l); });
+  }
+}
+
 // float -> half of n values into y (F16C when present), streamed when nt.
 inline void FloatToHalf(const float* src, half* y, int64_t n, bool nt) noexcept {
   if (!nt) {

@@ -220,12 +220,14 @@ inline PlaneCoeffs<C> coeffs(const Moments& mx, const Moments& mz, float eps, fl
   return {hi, lo, static_cast<C>(a), static_cast<C>(b)};
 }
 
-// nt: streaming stores through a tile (normexport/cpu_stream.h).
+// nt: streaming stores through a tile (normexport/cpu_stream.h); a content plane bigger than the
+// L2 budget is written tail first (its tail, read last, is still in L2).
 template <typename C>
 NX_ADAIN_INLINE void process_plane(const C* x, int64_t sx, const C* z, int64_t sz, C* y, float eps, float alpha,
                           bool nt) noexcept {
-  const PlaneCoeffs<C> k = coeffs<C>(moments(x, sx), moments(z, sz), eps, alpha);
-  stream::WriteTiled(y, sx, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
+  const Moments mz = moments(z, sz);  // style first: the content read last stays in L2 for the apply
+  const PlaneCoeffs<C> k = coeffs<C>(moments(x, sx), mz, eps, alpha);
+  stream::WriteTiledTailFirst(y, sx, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
     apply<C>(x + off, out, len, k.m_hi, k.m_lo, k.a, k.b);
   });
 }

@@ -121,12 +121,12 @@ inline ChannelParams<C> channel_params(const T* gamma, const T* beta, const T* t
 }
 
 // float and double: both passes straight on the tensor memory (nt: streaming stores through a
-// tile, normexport/cpu_stream.h).
+// tile, normexport/cpu_stream.h; a plane bigger than the L2 budget is written tail first).
 template <typename C>
 NX_FRN_INLINE void process_plane(const C* x, C* y, int64_t n, const ChannelParams<C>& p, float eps, bool tlu,
                           bool nt = false) noexcept {
   const C scale = plane_scale<C>(sum_squares(x, n), n, p.gamma, eps);
-  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
+  stream::WriteTiledTailFirst(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
     affine_tlu<C>(x + off, out, len, scale, p.beta, tlu, p.tau);
   });
 }
