@@ -202,6 +202,14 @@ def test_sn_contract(path, dtype, shape, using_bn, library):
     assert_close(y, sn_reference(f, using_bn, 1e-3), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sn_plane_above_the_cache_budget(dtype, library):
+    """Planes bigger than a task's L2 budget (2 MiB at most) are written tail first."""
+    f = sn_feeds((1, 2, 700, 1000), 1, dtype, seed=6)
+    y = run(sn_model(4, dtype, epsilon=1e-3, using_bn=1), f, "native")
+    assert_close(y, sn_reference(f, 1, 1e-3), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("using_bn", [1, 0])
 def test_sn_batched_equal_one_by_one(dtype, using_bn, library):

@@ -133,9 +133,11 @@ template <typename C>
 NX_SN_INLINE void affine_values(const C* x, C* y, int64_t n, C hi, C lo, C a, C b) noexcept {
   for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - hi) - lo) * a + b;
 }
+// (a plane above the L2 budget tail first: with the planes applied last to first, the whole
+// sample is then re-read in the reverse order of its statistics pass, most recently read first)
 template <typename C>
 NX_SN_INLINE void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt) noexcept {
-  stream::WriteTiled(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
+  stream::WriteTiledTailFirst(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
     affine_values<C>(x + off, out, len, hi, lo, a, b);
   });
 }
