@@ -131,7 +131,23 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
   for (int64_t c0 = 0; c0 < channels; c0 += kFlush) {
     const int64_t c1 = (channels - c0 < kFlush) ? channels : c0 + kFlush;
     for (int64_t j = 0; j < len; ++j) s_c[j] = q_c[j] = C(0);
-    for (int64_t c = c0; c < c1; ++c) {
+    int64_t c = c0;
+    if constexpr (!std::is_same<T, half>::value) {
+      // four rows per sweep: a quarter of the accumulator loads and stores through L1
+      for (; c + 4 <= c1; c += 4) {
+        const C* r0 = xs + c * positions;
+        const C* r1 = r0 + positions;
+        const C* r2 = r1 + positions;
+        const C* r3 = r2 + positions;
+        for (int64_t j = 0; j < len; ++j) {
+          const C d0 = r0[j] - shift_c[j], d1 = r1[j] - shift_c[j];
+          const C d2 = r2[j] - shift_c[j], d3 = r3[j] - shift_c[j];
+          s_c[j] += (d0 + d1) + (d2 + d3);
+          q_c[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+        }
+      }
+    }
+    for (; c < c1; ++c) {
       const C* r = detail::row(xs + c * positions, len, buf);
       for (int64_t j = 0; j < len; ++j) {
         const C d = r[j] - shift_c[j];
