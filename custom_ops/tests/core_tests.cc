@@ -1,5 +1,5 @@
 // Unit tests of the framework-free pieces: half conversions and the CPU core.
-// Build with -DNORMEXPORT_BUILD_TESTS=ON, run with ctest.
+// Build with -DNORMEXPORT_BUILD_TESTS=ON, run with ctest; tests/test_native_core.py compiles and runs it.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
