@@ -12,31 +12,36 @@
 namespace normexport {
 namespace cache {
 
+namespace detail {
+// sysconf(name) when it is a positive byte count, else -1.
+inline int64_t Sysconf(int name) noexcept {
+  const long b = sysconf(name);
+  return b > 0 ? static_cast<int64_t>(b) : -1;
+}
+}  // namespace detail
+
 // Last-level cache bytes (L3, else L2; 32 MiB when unknown).
 inline int64_t LlcBytes() noexcept {
   static const int64_t v = [] {
-    long b = -1;
+    int64_t b = -1;
 #if defined(_SC_LEVEL3_CACHE_SIZE)
-    b = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    b = detail::Sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
 #if defined(_SC_LEVEL2_CACHE_SIZE)
-    if (b <= 0) b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (b <= 0) b = detail::Sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
-    return b > 0 ? static_cast<int64_t>(b) : (int64_t{32} << 20);
+    return b > 0 ? b : (int64_t{32} << 20);
   }();
   return v;
 }
 
 // Per-core L2 bytes (1 MiB when unknown).
 inline int64_t L2Bytes() noexcept {
-  static const int64_t v = [] {
-    long b = -1;
 #if defined(_SC_LEVEL2_CACHE_SIZE)
-    b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  static const int64_t v = detail::Sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (v > 0) return v;
 #endif
-    return b > 0 ? static_cast<int64_t>(b) : (int64_t{1} << 20);
-  }();
-  return v;
+  return int64_t{1} << 20;
 }
 
 // Bytes of input one task may keep hot between its statistics and normalize passes: half the
