@@ -573,15 +573,29 @@ CUDA_EMU = Path(__file__).resolve().parents[1] / "custom_ops" / "tests" / "cuda_
 def test_cuda_kernels_in_cpu_emulation(tmp_path):
     """gpu_check (custom_ops/tests/gpu_check.cu) on the CPU emulation of CUDA
     (custom_ops/tests/cuda_emu): every GroupNorm / FilterResponseNorm / AdaIN launcher, channels
-    first and last, float32 / float16, vs its float64 reference, grid-stride loops included.
-    (Indexing, barriers and numerics; on a GPU `normexport gpu-check` runs the same cases.)"""
+    first and last, and the PositionalNorm / SPADE (batch and instance statistics) /
+    SwitchableNorm launchers, float32 / float16, vs their float64 references, grid-stride loops
+    included; for the last three also NaN / inf inputs (NaN and infinities where the reference
+    has them). Shared memory is NaN-filled at every block's start, so a read of a slot no thread
+    wrote fails. (Indexing, barriers and numerics; on a GPU `normexport gpu-check` runs the same
+    cases.)"""
     r = subprocess.run(["sh", str(CUDA_EMU), str(tmp_path)], capture_output=True, text=True, timeout=1500)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
-    lines = [ln for ln in r.stdout.splitlines() if ln.endswith("PASS") and " nhwc " in ln]
+    passed = [ln for ln in r.stdout.splitlines() if ln.endswith("PASS")]
+    lines = [ln for ln in passed if " nhwc " in ln]
     for op in ("GroupNorm", "FilterResponseNorm", "AdaIN"):
         assert sum(ln.startswith(op) for ln in lines) >= 8, out[-4000:]
         # both the one-kernel path and the split-row path (two kernels + scratch) ran
         assert any(ln.startswith(op) and " split " in ln for ln in lines), out[-4000:]
         assert any(ln.startswith(op) and " split " not in ln for ln in lines), out[-4000:]
+    for op in ("PositionalNorm", "SPADE", "SwitchableNorm"):
+        mine = [ln for ln in passed if ln.startswith(op + " ")]
+        assert len(mine) >= 10, out[-4000:]
+        assert any(" float16 " in ln for ln in mine), out[-4000:]
+        assert any(" nan" in ln for ln in mine), out[-4000:]  # a NaN / inf case
+    spade = [ln for ln in passed if ln.startswith("SPADE ")]
+    assert any(" batch" in ln for ln in spade) and any(" instance" in ln for ln in spade), out[-4000:]
+    sn = [ln for ln in passed if ln.startswith("SwitchableNorm ")]
+    assert any(" no-in " in ln for ln in sn) and any(" no-bn" in ln for ln in sn), out[-4000:]
     assert r.stdout.rstrip().endswith("0 failed: PASS"), out[-4000:]

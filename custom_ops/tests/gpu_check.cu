@@ -4,7 +4,9 @@
 // (cudaMalloc, never managed memory) for seeded random inputs at a few shapes,
 // float32 and float16, and compares with a double-precision CPU reference
 // computed here (sharing no code with the kernels). Prints one line per case with
-// the max abs / rel error and PASS/FAIL.
+// the max abs / rel error and PASS/FAIL. A few cases put NaN / inf into the inputs: where
+// the reference is not finite, the kernel must give NaN where it is NaN and the same
+// infinity where it is +-inf.
 //
 // Exit status: 0 every case PASS; 1 a case FAILED (or a CUDA call failed);
 //              2 bad arguments; 3 no usable CUDA device or driver
@@ -145,6 +147,11 @@ struct Errors {
 template <typename T>
 void Compare(const Vec& got, const Vec& ref, Errors& e) {
   for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(ref[i])) {  // NaN for NaN, the same infinity for +-inf
+      const bool same = std::isnan(ref[i]) ? std::isnan(got[i]) : got[i] == ref[i];
+      if (!same) ++e.bad, e.max_abs = INFINITY, e.max_rel = INFINITY;
+      continue;
+    }
     const double d = std::fabs(got[i] - ref[i]);
     const bool ok = std::isfinite(got[i]) && d <= Tol<T>::atol + Tol<T>::rtol * std::fabs(ref[i]);
     if (!ok) ++e.bad;
@@ -384,10 +391,20 @@ bool CheckGroupNorm(Ctx& ctx) {
 
 // ---- PositionalNorm -----------------------------------------------------------------------
 #if defined(NX_GPU_CHECK_POSITIONAL_NORM)
+// nonfinite (n >= 2, c >= 2, s >= 5): NaN at one position, +inf in channel 0 at another
+// (the kernel's shift), +inf and -inf at a third, -inf in the last channel at a fourth.
+// offset: the inputs' common mean.
 template <typename T>
-void PonoCase(Ctx& ctx, NCS sh, bool unbiased) {
+void PonoCase(Ctx& ctx, NCS sh, bool unbiased, bool nonfinite = false, double offset = 0.5) {
   const float eps = 1e-5f;
-  Vec x = Random(ctx, sh.n * sh.c * sh.s, 2.0, 0.5);
+  Vec x = Random(ctx, sh.n * sh.c * sh.s, 2.0, offset);
+  if (nonfinite) {
+    auto at = [&](int64_t n, int64_t c, int64_t p) -> double& { return x[(n * sh.c + c) * sh.s + p]; };
+    at(0, sh.c - 1, 1) = NAN;
+    at(0, 0, 2) = INFINITY;
+    at(1, 0, 3) = INFINITY, at(1, 1, 3) = -INFINITY;
+    at(1, sh.c - 1, 4) = -INFINITY;
+  }
   Quantize<T>(x);
   DeviceBuffer<T> dx(x), dy(x.size()), dm(sh.n * sh.s), dsd(sh.n * sh.s);
   dy.Poison(), dm.Poison(), dsd.Poison();
@@ -412,7 +429,10 @@ void PonoCase(Ctx& ctx, NCS sh, bool unbiased) {
     Compare<T>(dm.Download(), rm, e);
     Compare<T>(dsd.Download(), rs, e);
   }
-  Report<T>(ctx, "PositionalNorm", Dims({sh.n, sh.c, sh.s}) + (unbiased ? " unbiased" : " biased"), err, e);
+  Report<T>(ctx, "PositionalNorm",
+            Dims({sh.n, sh.c, sh.s}) + (unbiased ? " unbiased" : " biased") + (nonfinite ? " nan/inf" : "") +
+                (offset != 0.5 ? " mean " + std::to_string(static_cast<int>(offset)) : ""),
+            err, e);
 }
 
 bool CheckPositionalNorm(Ctx& ctx) {
@@ -424,6 +444,9 @@ bool CheckPositionalNorm(Ctx& ctx) {
   PonoCase<float>(ctx, {2, 64, 65537}, true);
   PonoCase<half>(ctx, {2, 5, 63}, true);
   PonoCase<half>(ctx, {2, 16, 4099}, false);
+  PonoCase<float>(ctx, {4, 96, 33}, true, false, 1000.0);  // a large common mean (the shift)
+  PonoCase<float>(ctx, {2, 5, 63}, true, true);
+  PonoCase<half>(ctx, {2, 5, 63}, false, true);
   return true;
 }
 #endif
@@ -524,12 +547,15 @@ bool CheckAdaIN(Ctx& ctx) {
 
 // ---- SPADE (normalize + modulate) ---------------------------------------------------------
 #if defined(NX_GPU_CHECK_SPADE)
+// nonfinite (n * c >= 3, s >= 6): a NaN in x of plane 1 (the whole plane NaN in instance
+// mode) and +inf in beta_map of plane 2.
 template <typename T>
-void SpadeCase(Ctx& ctx, NCS sh, int mode) {
+void SpadeCase(Ctx& ctx, NCS sh, int mode, bool nonfinite = false) {
   const float eps = 1e-5f;
   const int64_t planes = sh.n * sh.c, total = planes * sh.s;
   Vec x = Random(ctx, total, 2.0, 0.5), gm = Random(ctx, total, 0.3), bm = Random(ctx, total, 0.3),
       rm = Random(ctx, sh.c, 0.1, 0.5), rv = Uniform(ctx, sh.c, 3.0, 5.0);
+  if (nonfinite) x[1 * sh.s + 3] = NAN, bm[2 * sh.s + 5] = INFINITY;
   Quantize<T>(x), Quantize<T>(gm), Quantize<T>(bm), Quantize<T>(rm), Quantize<T>(rv);
   DeviceBuffer<T> dx(x), dg(gm), db(bm), drm(rm), drv(rv), dy(total);
   dy.Poison();
@@ -551,7 +577,8 @@ void SpadeCase(Ctx& ctx, NCS sh, int mode) {
     }
     Compare<T>(dy.Download(), ref, e);
   }
-  Report<T>(ctx, "SPADE", Dims({sh.n, sh.c, sh.s}) + (mode ? " instance" : " batch"), err, e);
+  Report<T>(ctx, "SPADE", Dims({sh.n, sh.c, sh.s}) + (mode ? " instance" : " batch") + (nonfinite ? " nan/inf" : ""),
+            err, e);
 }
 
 bool CheckSpade(Ctx& ctx) {
@@ -561,8 +588,11 @@ bool CheckSpade(Ctx& ctx) {
     SpadeCase<float>(ctx, {3, 17, 1023}, mode);
     SpadeCase<float>(ctx, {2, 8, 65537}, mode);
     SpadeCase<half>(ctx, {2, 5, 63}, mode);
+    SpadeCase<float>(ctx, {4, 96, 33}, mode);
+    SpadeCase<float>(ctx, {2, 5, 63}, mode, true);
   }
   SpadeCase<half>(ctx, {2, 16, 4099}, 1);
+  SpadeCase<half>(ctx, {2, 5, 63}, 1, true);
   return true;
 }
 #endif
@@ -578,13 +608,18 @@ Vec Softmax(const Vec& v) {
   return out;
 }
 
+// in: the IN branch (rank >= 3 in the op, also with one spatial element: (N, C, 1, 1));
+// -1 = present iff s > 1 (a (N, C) input has none). poke: 1 a NaN in x of the last sample
+// (that sample all NaN through the LN statistics), 2 a NaN variance logit (all NaN).
 template <typename T>
-void SnCase(Ctx& ctx, NCS sh, bool using_bn) {
+void SnCase(Ctx& ctx, NCS sh, bool using_bn, int in = -1, int poke = 0) {
   const float eps = 1e-5f;
-  const bool has_in = sh.s > 1;  // rank >= 3 in the op; a (N, C) input has no IN branch
+  const bool has_in = in < 0 ? sh.s > 1 : in != 0;
   const int64_t k = (has_in ? 1 : 0) + 1 + (using_bn ? 1 : 0), planes = sh.n * sh.c, total = planes * sh.s;
   Vec x = Random(ctx, total, 2.0, 0.5), sc = Uniform(ctx, sh.c, 0.5, 1.5), bi = Random(ctx, sh.c, 0.3),
       rm = Random(ctx, sh.c, 0.1, 0.5), rv = Uniform(ctx, sh.c, 3.0, 5.0), mw = Random(ctx, k), vw = Random(ctx, k);
+  if (poke == 1) x[total - 1 - sh.s / 2] = NAN;
+  if (poke == 2) vw[k - 1] = NAN;
   for (Vec* v : {&x, &sc, &bi, &rm, &rv, &mw, &vw}) Quantize<T>(*v);
   DeviceBuffer<T> dx(x), ds(sc), db(bi), drm(rm), drv(rv), dmw(mw), dvw(vw), dy(total);
   DeviceBuffer<unsigned char> scratch(normexport::switchable_norm::CudaScratchBytes(planes));
@@ -615,7 +650,10 @@ void SnCase(Ctx& ctx, NCS sh, bool using_bn) {
     }
     Compare<T>(dy.Download(), ref, e);
   }
-  Report<T>(ctx, "SwitchableNorm", Dims({sh.n, sh.c, sh.s}) + (using_bn ? " bn" : " no-bn"), err, e);
+  Report<T>(ctx, "SwitchableNorm",
+            Dims({sh.n, sh.c, sh.s}) + (has_in ? " in" : " no-in") + (using_bn ? " bn" : " no-bn") +
+                (poke == 1 ? " nan x" : poke == 2 ? " nan logit" : ""),
+            err, e);
 }
 
 bool CheckSwitchableNorm(Ctx& ctx) {
@@ -627,6 +665,12 @@ bool CheckSwitchableNorm(Ctx& ctx) {
   SnCase<float>(ctx, {4, 96, 33}, true);
   SnCase<half>(ctx, {2, 5, 63}, true);
   SnCase<half>(ctx, {2, 16, 4099}, false);
+  SnCase<float>(ctx, {3, 5, 1}, false);     // (N, C) without BN: a single branch
+  SnCase<float>(ctx, {3, 5, 1}, true, 1);   // (N, C, 1, 1): IN of one element
+  SnCase<float>(ctx, {2, 2500, 3}, true);   // more channels than a block's threads
+  SnCase<float>(ctx, {3, 5, 63}, true, -1, 1);
+  SnCase<float>(ctx, {2, 3, 7}, false, -1, 2);
+  SnCase<half>(ctx, {3, 5, 63}, true, -1, 1);
   return true;
 }
 #endif

@@ -1,13 +1,19 @@
 // CPU emulation of the small CUDA subset that the GroupNorm / FilterResponseNorm / AdaIN
-// kernels (channels first and last) and tests/gpu_check.cu use, so that gpu_check runs their
-// launchers on a machine without a GPU (run.sh). Host C++20 only, never part of the library.
+// kernels (channels first and last), the PositionalNorm / SPADE / SwitchableNorm kernels and
+// tests/gpu_check.cu use, so that gpu_check runs their launchers on a machine without a GPU
+// (run.sh). Host C++20 only, never part of the library.
 //   * one block at a time, one std::thread per CUDA thread; __syncthreads = a std::barrier
 //     over the block; warp shuffles through per-thread slots and a per-warp barrier (whole
 //     warps of 32 only);
 //   * __shared__ = function-static (shared by the block's threads, blocks run one after
-//     another); "device" memory = host malloc;
+//     another), filled with 0xff bytes (NaN) at the start of every block by the
+//     ::emu::PoisonShared call run.sh inserts after each declaration; "device" memory =
+//     host malloc;
 //   * the grid is capped at kEmuMaxBlocks blocks: the kernels' grid-stride loops cover the
-//     rest, so those loops are exercised too.
+//     rest, so those loops are exercised too;
+//   * float4 / make_float4 (16-byte aligned), math_constants.h (CUDART_NAN, ... with CUDA's
+//     bit patterns); device math (sqrtf, fmaf, exp, ...) is the host's IEEE libm, like CUDA's
+//     without fast-math (nvcc may contract a * b + c into an fma where g++ does not).
 // It checks indexing, synchronization structure and numerics; not coalescing, occupancy,
 // launch limits or timing (those need the GPU: normexport gpu-check).
 #pragma once
@@ -16,7 +22,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -43,6 +51,9 @@ inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 inline unsigned num_threads = 0;
 inline unsigned kEmuMaxBlocks = 3;
 template <class T> inline std::vector<T> slots;
+inline uint64_t block_epoch = 0;  // one per block run: __shared__ is fresh (garbage) per block
+inline std::mutex shared_mutex;
+inline std::map<const void*, uint64_t> shared_epoch;
 inline unsigned Lin() { return tIdx.x + bDim.x * (tIdx.y + bDim.y * tIdx.z); }
 
 struct Launch {
@@ -60,6 +71,7 @@ struct Launch {
     slots<float>.assign(num_threads, 0.f);
     slots<double>.assign(num_threads, 0.0);
     for (unsigned b = 0; b < gDim.x; ++b) {
+      ++block_epoch;
       std::vector<std::thread> ts;
       for (unsigned t = 0; t < num_threads; ++t)
         ts.emplace_back([&, t, b] {
@@ -71,6 +83,20 @@ struct Launch {
     }
   }
 };
+
+// Called by every thread right after a __shared__ declaration (run.sh inserts the call): the
+// block's first thread to get there fills the variables with 0xff bytes (NaN for float and
+// double) before any thread can use them, so that a read of shared memory no thread of the
+// block wrote yet is caught instead of seeing the previous block's (or zero) values.
+template <class... V>
+inline void PoisonShared(V&... v) {
+  std::lock_guard<std::mutex> lock(shared_mutex);
+  auto one = [](void* p, size_t n) {
+    uint64_t& e = shared_epoch[p];
+    if (e != block_epoch) std::memset(p, 0xff, n), e = block_epoch;
+  };
+  (one(static_cast<void*>(&v), sizeof(v)), ...);
+}
 }  // namespace emu
 
 #define threadIdx (::emu::tIdx)
@@ -100,6 +126,12 @@ inline T __shfl_sync(unsigned, T v, int src) {
 }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
+
+// vector type of the SwitchableNorm coefficients: 16-byte aligned like CUDA's
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorNoDevice = 100 };
 typedef struct CUstream_st* cudaStream_t;
