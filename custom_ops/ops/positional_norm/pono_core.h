@@ -187,34 +187,7 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
   }
   detail::store_stat<T, C>(sum, mean_out + n * positions + p0, len, buf);
   detail::store_stat<T, C>(sq, std_out + n * positions + p0, len, buf);
-  int64_t c0 = 0;
-  if constexpr (!std::is_same<T, half>::value) {
-    // four rows per sweep: the per-position m_hi / m_lo / inv are loaded once for four rows;
-    // with streaming stores the rows go through four L1 tiles (buf and the pass 1 arrays,
-    // free now)
-    C* tiles[4] = {buf, s_c, q_c, shift_c};
-    for (; c0 + 4 <= channels; c0 += 4) {
-      const T* r0 = xs + c0 * positions;
-      const T* r1 = r0 + positions;
-      const T* r2 = r1 + positions;
-      const T* r3 = r2 + positions;
-      T* y0 = ys + c0 * positions;
-      T* o0 = nt ? tiles[0] : y0;
-      T* o1 = nt ? tiles[1] : y0 + positions;
-      T* o2 = nt ? tiles[2] : y0 + 2 * positions;
-      T* o3 = nt ? tiles[3] : y0 + 3 * positions;
-      for (int64_t j = 0; j < len; ++j) {
-        const C h = m_hi[j], l = m_lo[j], v = inv[j];
-        o0[j] = ((r0[j] - h) - l) * v;
-        o1[j] = ((r1[j] - h) - l) * v;
-        o2[j] = ((r2[j] - h) - l) * v;
-        o3[j] = ((r3[j] - h) - l) * v;
-      }
-      if (nt)
-        for (int k = 0; k < 4; ++k) stream::Store(y0 + k * positions, tiles[k], len);
-    }
-  }
-  for (int64_t c = c0; c < channels; ++c) {
+  for (int64_t c = 0; c < channels; ++c) {
     if constexpr (std::is_same<T, half>::value) {
       half_to_float_n(xs + c * positions, buf, static_cast<size_t>(len));
       for (int64_t j = 0; j < len; ++j) buf[j] = ((buf[j] - m_hi[j]) - m_lo[j]) * inv[j];
