@@ -7,8 +7,9 @@
 //   sample that fits in cache::TaskBytes() is read from memory once.
 // * Otherwise (few or huge samples) the phases are split over all threads, in waves of samples
 //   of about kWaveBytes of X (at least one sample), the apply phase again last plane to first.
-// Both paths run the same per-plane and per-sample functions, so they give the same bits. Outputs of at least stream::ThresholdBytes() are written with streaming
-// stores (normexport/cpu_stream.h). Every plane is computed the same way whatever the split.
+// Both paths run the same per-plane and per-sample functions, so they give the same bits
+// whatever the split. Outputs of at least stream::ThresholdBytes() are written with streaming
+// stores (normexport/cpu_stream.h).
 #include <algorithm>
 #include <cstdint>
 #include <thread>
