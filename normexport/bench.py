@@ -19,8 +19,7 @@ not shared), so that row measures the two-read regime. All in one run with one t
             bytes as the op), torch.set_num_threads(threads); ORT Identity may alias, so no
 
 Times are the median of at least ``repeat`` runs, and of as many as fill ``MIN_SECONDS``, after
-one warm-up (the native kernel and the copy are timed alternately, run by run, so that their
-ratio is not skewed by the drift of a shared machine's memory bandwidth); GB/s = (bytes read + written) /
+one warm-up; GB/s = (bytes read + written) /
 time, where the bytes are those of the activation inputs and outputs (parameters of C
 elements are negligible). Ratios: a / b of the two times.
 
@@ -364,24 +363,6 @@ def median_ms(fn: Callable[[], object], repeat: int, min_seconds: float | None =
     return 1e3 * float(np.median(ts))
 
 
-def paired_median_ms(fa: Callable[[], object], fb: Callable[[], object], repeat: int,
-                     min_seconds: float | None = None) -> tuple[float, float]:
-    """Medians of two paths timed alternately (a, b, a, b, ...): on a shared machine the memory
-    bandwidth drifts over seconds, and alternating puts both medians in the same conditions.
-    Each path runs >= repeat times and the pairs fill >= min_seconds, after one warm-up each."""
-    min_seconds = _min_seconds if min_seconds is None else min_seconds
-    fa()
-    fb()
-    ta: list[float] = []
-    tb: list[float] = []
-    while len(ta) < max(1, repeat) or (sum(ta) + sum(tb) < min_seconds and len(ta) < 100_000):
-        for f, ts in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ta)), 1e3 * float(np.median(tb))
-
-
 def _ort_session(model, threads: int, use_library: bool):
     import onnxruntime as ort
 
@@ -405,15 +386,11 @@ def _max_diff(a: list, b: list) -> float:
                for x, y in zip(a, b))
 
 
-def _copy_fn(nbytes: int) -> Callable[[], object]:
+def _copy_ms(nbytes: int, repeat: int) -> float:
     n = max(1, nbytes // 2 // 4)
     src = torch.randn(n)
     dst = torch.empty_like(src)
-    return lambda: dst.copy_(src)
-
-
-def _copy_ms(nbytes: int, repeat: int) -> float:
-    return median_ms(_copy_fn(nbytes), repeat)
+    return median_ms(lambda: dst.copy_(src), repeat)
 
 
 _SERVED: dict[str, bool] = {}
@@ -491,12 +468,11 @@ def bench_op(spec, size: str, shape, threads: int, repeat: int, tmp: str) -> dic
     meas, outs = {}, {}
     ok, why = _native_available(op)
     if ok:
-        # native and copy timed alternately: on a shared machine the memory bandwidth drifts, and
-        # native / copy should compare the two under the same conditions
-        s = _ort_session(model, threads, True)
-        outs["native"] = list(s.run(None, feeds))
-        meas["native"], meas["copy"] = paired_median_ms(lambda: s.run(None, feeds), _copy_fn(nbytes), repeat)
-        del s
+        outs["native"] = []
+        meas["native"] = _ort_ms(model, feeds, threads, repeat, True, outs["native"])
+        # the copy right after the native kernel: on a shared machine the memory bandwidth drifts,
+        # and native / copy should compare the two under the same conditions
+        meas["copy"] = _copy_ms(nbytes, repeat)
     else:
         meas["native"] = None
         res["notes"].append(why)

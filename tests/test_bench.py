@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -133,14 +132,3 @@ def test_large_shapes_batch_and_one_sample():
         assert one[0] == 1 and one[1] == bench.LARGE_CHANNELS and one[2] == one[3] > 3 * batch[2], (op, one)
         for shape in (batch, one):
             assert bench._case_bytes(recipe(shape, bench._rng())) >= target, (op, shape)
-
-
-def test_paired_timing_alternates_the_two_paths():
-    """native and copy are timed alternately (a, b, a, b, ...), each at least `repeat` times after
-    one warm-up, so their medians see the same machine state."""
-    calls = []
-    ma, mb = bench.paired_median_ms(lambda: calls.append("a"), lambda: calls.append("b"), 3, min_seconds=0.0)
-    assert calls == ["a", "b"] * 4 and ma > 0 and mb > 0
-    calls.clear()
-    bench.paired_median_ms(lambda: calls.append("a"), lambda: time.sleep(0.002), 2, min_seconds=0.05)
-    assert len(calls) >= 10        # the pairs fill min_seconds, not just `repeat` runs
