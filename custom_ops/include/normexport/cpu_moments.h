@@ -84,6 +84,27 @@ struct Moments {
   double mean, var;  // biased variance
 };
 
+// count, mean and sum of squared deviations of a set of values (GroupNorm's chunks, the
+// channels-last column tiles), merged with Chan et al.'s pairwise formula (stable: no
+// large-number cancellation). NaN / Inf propagate through the arithmetic.
+struct Counted {
+  int64_t count = 0;
+  double mean = 0.0;
+  double m2 = 0.0;
+};
+
+inline Counted Combine(const Counted& a, const Counted& b) noexcept {
+  if (a.count == 0) return b;
+  if (b.count == 0) return a;
+  Counted r;
+  r.count = a.count + b.count;
+  const double n = static_cast<double>(r.count);
+  const double delta = b.mean - a.mean;
+  r.mean = a.mean + delta * (static_cast<double>(b.count) / n);
+  r.m2 = a.m2 + b.m2 + delta * delta * (static_cast<double>(a.count) * static_cast<double>(b.count) / n);
+  return r;
+}
+
 #if defined(__GNUC__)
 #define NX_MOM_INLINE inline __attribute__((always_inline))
 #else

@@ -22,25 +22,9 @@ namespace nhwc {
 inline constexpr int64_t kMaxColumns = 512;
 inline constexpr int64_t kTileElements = int64_t{1} << 15;  // a tile: about this many elements
 
-// count, mean and sum of squared deviations of a set of values
-struct Moments {
-  int64_t count = 0;
-  double mean = 0.0;
-  double m2 = 0.0;
-};
-
-// Chan et al.'s pairwise combination.
-inline Moments Combine(const Moments& a, const Moments& b) noexcept {
-  if (a.count == 0) return b;
-  if (b.count == 0) return a;
-  Moments r;
-  r.count = a.count + b.count;
-  const double n = static_cast<double>(r.count);
-  const double delta = b.mean - a.mean;
-  r.mean = a.mean + delta * (static_cast<double>(b.count) / n);
-  r.m2 = a.m2 + b.m2 + delta * delta * (static_cast<double>(a.count) * static_cast<double>(b.count) / n);
-  return r;
-}
+// count, mean, M2 and their Chan combination (normexport/cpu_moments.h)
+using Moments = moments::Counted;
+using moments::Combine;
 
 // The arithmetic type of the normalization: float for float and float16, double for double.
 template <typename T>

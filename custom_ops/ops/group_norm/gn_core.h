@@ -52,25 +52,9 @@ namespace mom = ::normexport::moments;  // the shared statistics loops (normexpo
 
 enum Activation : int { kNone = 0, kRelu = 1, kSilu = 2 };
 
-// count, mean and sum of squared deviations of a set of values.
-struct Moments {
-  int64_t count = 0;
-  double mean = 0.0;
-  double m2 = 0.0;
-};
-
-// Chan et al.'s pairwise combination (stable: no large-number cancellation).
-inline Moments combine(const Moments& a, const Moments& b) noexcept {
-  if (a.count == 0) return b;
-  if (b.count == 0) return a;
-  Moments r;
-  r.count = a.count + b.count;
-  const double n = static_cast<double>(r.count);
-  const double delta = b.mean - a.mean;
-  r.mean = a.mean + delta * (static_cast<double>(b.count) / n);
-  r.m2 = a.m2 + b.m2 + delta * delta * (static_cast<double>(a.count) * static_cast<double>(b.count) / n);
-  return r;
-}
+// count, mean, M2 and their Chan combination (normexport/cpu_moments.h)
+using Moments = mom::Counted;
+inline Moments combine(const Moments& a, const Moments& b) noexcept { return mom::Combine(a, b); }
 
 namespace detail {
 
