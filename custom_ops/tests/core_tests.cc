@@ -225,7 +225,7 @@ static void TestPonoCore(int64_t N, int64_t C, int64_t S, bool unbiased, float m
   const std::vector<T> x = RandomTensor<T>(N * C * S, 13 + static_cast<unsigned>(C * S), mean, stddev);
   std::vector<T> y(N * C * S), m(N * S), sd(N * S);
   const float eps = 1e-5f;
-  const int64_t block = normexport::pono::BlockSize(C), bps = (S + block - 1) / block, nb = N * bps;
+  const int64_t block = normexport::pono::BlockSize(C, S), bps = (S + block - 1) / block, nb = N * bps;
   normexport::pono::pono_blocks<T>(x.data(), y.data(), m.data(), sd.data(), C, S, block, bps, 0, nb / 2, eps,
                                    unbiased);
   normexport::pono::pono_blocks<T>(x.data(), y.data(), m.data(), sd.data(), C, S, block, bps, nb / 2, nb, eps,
@@ -385,7 +385,7 @@ static void TestStreamingCores() {
   });
   both("PositionalNorm", [&](T* y, bool nt) {
     std::vector<T> mean(N * S), sd(N * S);
-    const int64_t block = normexport::pono::BlockSize(C), per = (S + block - 1) / block;
+    const int64_t block = normexport::pono::BlockSize(C, S), per = (S + block - 1) / block;
     normexport::pono::pono_blocks<T>(x.data(), y, mean.data(), sd.data(), C, S, block, per, 0, N * per, 1e-5f, true,
                                      nt);
   });

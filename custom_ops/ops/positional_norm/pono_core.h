@@ -34,15 +34,21 @@ namespace pono {
 // Largest block of positions handled at once (arrays on the stack: <= 80 KiB for double).
 constexpr int64_t kMaxBlock = 1024;
 
-// Positions per block for C channels: the block's rows (C * block elements, 256 KiB of
-// float) should stay in L2 between the three passes, and each row segment should be long
-// (up to 4 KiB) so the hardware prefetchers stream it from memory; at least 64 positions,
-// a multiple of 16.
-inline int64_t BlockSize(int64_t channels) noexcept {
+// Positions per block for C channels and S positions: the block's rows (C * block elements,
+// 256 KiB of float) should stay in L2 between the passes, and each row segment should be long
+// (up to 4 KiB) so the hardware prefetchers stream it from memory; at least 64 positions, a
+// multiple of 16. The positions of a sample are split into equal blocks (3136 = 4 x 784, not
+// 3 x 1024 + 64: a 64-position block reads 256-byte row pieces that no prefetcher follows).
+inline int64_t BlockSize(int64_t channels, int64_t positions) noexcept {
   int64_t b = (int64_t{1} << 16) / (channels > 0 ? channels : 1);
   b = b / 16 * 16;
   if (b < 64) b = 64;
   if (b > kMaxBlock) b = kMaxBlock;
+  if (positions > b) {
+    const int64_t blocks = (positions + b - 1) / b;
+    const int64_t even = ((positions + blocks - 1) / blocks + 15) / 16 * 16;
+    if (even < b) b = even;
+  }
   return b;
 }
 
@@ -94,7 +100,8 @@ inline void store_stat(const double* v, T* dst, int64_t len, C* buf) noexcept {
 
 template <typename T>
 NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t n,
-                int64_t p0, int64_t len, float eps, bool unbiased, bool nt = false) noexcept {
+                int64_t p0, int64_t len, float eps, bool unbiased, bool nt = false,
+                const T* next = nullptr, int64_t next_len = 0) noexcept {
   using C = typename detail::compute_type<T>::type;
   double sum[kMaxBlock];
   double sq[kMaxBlock];
@@ -162,12 +169,11 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
   }
   const double inv_c = 1.0 / static_cast<double>(channels);
   const double divisor = static_cast<double>(channels - (unbiased ? 1 : 0));
-  bool non_finite_shift = false;
+  // (one vectorisable loop: the library is built with -fno-math-errno, so sqrt is an instruction)
   for (int64_t j = 0; j < len; ++j) {
     const double m2 = sq[j] - sum[j] * sum[j] * inv_c;
     const double var = (m2 < 0.0 ? 0.0 : m2) / divisor;  // NaN stays NaN
     const double mean = shift[j] + sum[j] * inv_c;
-    non_finite_shift |= !std::isfinite(shift[j]);
     sum[j] = mean;
     const double sd = std::sqrt(var + static_cast<double>(eps));
     sq[j] = sd;  // now the std
@@ -175,6 +181,8 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
     m_lo[j] = static_cast<C>(mean - static_cast<double>(m_hi[j]));  // NaN for inf / NaN means
     inv[j] = static_cast<C>(1.0 / sd);
   }
+  int non_finite_shift = 0;  // shift - shift is NaN exactly for +-inf / NaN
+  for (int64_t j = 0; j < len; ++j) non_finite_shift |= (shift[j] - shift[j] != 0.0);
   if (non_finite_shift) {
     // inf / NaN in the pilot channels: x - shift is NaN; the plain mean keeps +-inf like the reference
     // (std and Y are NaN either way)
@@ -187,16 +195,37 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
   }
   detail::store_stat<T, C>(sum, mean_out + n * positions + p0, len, buf);
   detail::store_stat<T, C>(sq, std_out + n * positions + p0, len, buf);
+  // pass 2, one channel row at a time; while a row is written, the same row of the next block
+  // (`next`, next_len positions) is prefetched into L2, so that block's statistics pass finds
+  // it there instead of waiting on memory with nothing to overlap.
+  // The prefetches are spread over the row in pieces of kPiece positions (a burst of a whole
+  // row's lines would fill the line-fill buffers and stall the stores).
+  constexpr int64_t kPiece = 256;
   for (int64_t c = 0; c < channels; ++c) {
-    if constexpr (std::is_same<T, half>::value) {
-      half_to_float_n(xs + c * positions, buf, static_cast<size_t>(len));
-      for (int64_t j = 0; j < len; ++j) buf[j] = ((buf[j] - m_hi[j]) - m_lo[j]) * inv[j];
-      stream::FloatToHalf(buf, ys + c * positions, len, nt);
-    } else {
-      const T* r = xs + c * positions;
-      T* o = nt ? buf : ys + c * positions;
-      for (int64_t j = 0; j < len; ++j) o[j] = ((r[j] - m_hi[j]) - m_lo[j]) * inv[j];
-      if (nt) stream::Store(ys + c * positions, buf, len);
+    const char* pf = next != nullptr ? reinterpret_cast<const char*>(next + c * positions) : nullptr;
+    const T* r = xs + c * positions;
+    T* yr = ys + c * positions;
+    for (int64_t j0 = 0; j0 < len; j0 += kPiece) {
+      const int64_t j1 = (len - j0 < kPiece) ? len : j0 + kPiece;
+      if (pf != nullptr && j0 < next_len) {
+        const int64_t e = (next_len < j1 ? next_len : j1) * static_cast<int64_t>(sizeof(T));
+        for (int64_t b = j0 * static_cast<int64_t>(sizeof(T)); b < e; b += 64) __builtin_prefetch(pf + b, 0, 2);
+      }
+      if constexpr (std::is_same<T, half>::value) {
+        half_to_float_n(r + j0, buf, static_cast<size_t>(j1 - j0));
+        for (int64_t j = j0; j < j1; ++j) buf[j - j0] = ((buf[j - j0] - m_hi[j]) - m_lo[j]) * inv[j];
+        stream::FloatToHalf(buf, yr + j0, j1 - j0, nt);
+      } else {
+        T* o = nt ? buf : yr + j0;
+        const T* rj = r + j0;
+        const C *hi = m_hi + j0, *lo = m_lo + j0, *iv = inv + j0;
+        for (int64_t k = 0; k < j1 - j0; ++k) o[k] = ((rj[k] - hi[k]) - lo[k]) * iv[k];
+        if (nt) stream::Store(yr + j0, buf, j1 - j0);
+      }
+    }
+    if (pf != nullptr && len < next_len) {  // the next block is longer (the last block of a sample is not)
+      const int64_t e = next_len * static_cast<int64_t>(sizeof(T));
+      for (int64_t b = len * static_cast<int64_t>(sizeof(T)); b < e; b += 64) __builtin_prefetch(pf + b, 0, 2);
     }
   }
 }
@@ -211,7 +240,15 @@ NX_PONO_INLINE void pono_blocks(const T* x, T* y, T* mean_out, T* std_out, int64
     const int64_t n = b / blocks_per_sample;
     const int64_t p0 = (b % blocks_per_sample) * block;
     const int64_t len = (positions - p0 < block) ? positions - p0 : block;
-    pono_block<T>(x, y, mean_out, std_out, channels, positions, n, p0, len, eps, unbiased, nt);
+    const T* next = nullptr;
+    int64_t next_len = 0;
+    if (b + 1 < end) {
+      const int64_t nn = (b + 1) / blocks_per_sample;
+      const int64_t np0 = ((b + 1) % blocks_per_sample) * block;
+      next = x + nn * channels * positions + np0;
+      next_len = (positions - np0 < block) ? positions - np0 : block;
+    }
+    pono_block<T>(x, y, mean_out, std_out, channels, positions, n, p0, len, eps, unbiased, nt, next, next_len);
   }
 }
 

@@ -15,7 +15,7 @@ namespace pono {
 namespace {
 
 constexpr int64_t kMinElementsPerTask = int64_t{1} << 15;
-constexpr int64_t kMaxTasks = 1024;
+constexpr int64_t kMaxTasks = 128;
 
 // ---- run-time ISA dispatch: the core compiled for baseline x86-64 and again for AVX2 + FMA ----
 template <typename T>
@@ -79,7 +79,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
     if (p.num_elements == 0) return nullptr;  // empty X: empty outputs
 
-    const int64_t block = BlockSize(p.C);
+    const int64_t block = BlockSize(p.C, p.positions);
     const int64_t blocks_per_sample = (p.positions + block - 1) / block;
     const int64_t num_blocks = p.N * blocks_per_sample;
     const int64_t per_block = std::max<int64_t>(1, p.C * std::min(block, p.positions));
