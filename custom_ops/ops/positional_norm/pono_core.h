@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include "normexport/common.h"
+#include "normexport/cpu_cache.h"
 #include "normexport/cpu_half.h"
 #include "normexport/cpu_stream.h"
 
@@ -207,10 +208,8 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
     T* yr = ys + c * positions;
     for (int64_t j0 = 0; j0 < len; j0 += kPiece) {
       const int64_t j1 = (len - j0 < kPiece) ? len : j0 + kPiece;
-      if (pf != nullptr && j0 < next_len) {
-        const int64_t e = (next_len < j1 ? next_len : j1) * static_cast<int64_t>(sizeof(T));
-        for (int64_t b = j0 * static_cast<int64_t>(sizeof(T)); b < e; b += 64) __builtin_prefetch(pf + b, 0, 2);
-      }
+      if (pf != nullptr && j0 < next_len)
+        cache::PrefetchL2(pf + j0 * static_cast<int64_t>(sizeof(T)), ((next_len < j1 ? next_len : j1) - j0) * static_cast<int64_t>(sizeof(T)));
       if constexpr (std::is_same<T, half>::value) {
         half_to_float_n(r + j0, buf, static_cast<size_t>(j1 - j0));
         for (int64_t j = j0; j < j1; ++j) buf[j - j0] = ((buf[j - j0] - m_hi[j]) - m_lo[j]) * inv[j];
@@ -223,10 +222,8 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
         if (nt) stream::Store(yr + j0, buf, j1 - j0);
       }
     }
-    if (pf != nullptr && len < next_len) {  // the next block is longer (the last block of a sample is not)
-      const int64_t e = next_len * static_cast<int64_t>(sizeof(T));
-      for (int64_t b = len * static_cast<int64_t>(sizeof(T)); b < e; b += 64) __builtin_prefetch(pf + b, 0, 2);
-    }
+    if (pf != nullptr && len < next_len)  // the next block is longer (the last block of a sample is not)
+      cache::PrefetchL2(pf + len * static_cast<int64_t>(sizeof(T)), (next_len - len) * static_cast<int64_t>(sizeof(T)));
   }
 }
 

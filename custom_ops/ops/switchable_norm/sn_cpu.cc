@@ -29,19 +29,22 @@ constexpr int64_t kWaveBytes = int64_t{16} << 20;
 constexpr int64_t kSamplesPerCpu = 4;
 // ... and a sample is at most this big (a re-read of a larger one comes from memory anyway).
 constexpr int64_t kMaxSampleTaskBytes = int64_t{16} << 20;
+// Samples per task of that path (at most; at least kSamplesPerCpu tasks per hardware thread).
+constexpr int64_t kSamplesPerTask = 8;
 
 // ---- run-time ISA dispatch of the apply phase: baseline x86-64 and AVX2 + FMA ----
 template <typename T>
-using ApplyFn = void (*)(const Tensors<T>&, int64_t, int64_t) noexcept;
+using ApplyFn = void (*)(const Tensors<T>&, int64_t, int64_t, const T*) noexcept;
 template <typename T>
-void ApplyBase(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
-  apply_planes<T>(t, b, e);
+void ApplyBase(const Tensors<T>& t, int64_t b, int64_t e, const T* next) noexcept {
+  apply_planes<T>(t, b, e, next);
 }
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define NX_SN_AVX2 1
 template <typename T>
-__attribute__((target("avx2,fma"))) void ApplyAvx2(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
-  apply_planes<T>(t, b, e);
+__attribute__((target("avx2,fma"))) void ApplyAvx2(const Tensors<T>& t, int64_t b, int64_t e,
+                                                    const T* next) noexcept {
+  apply_planes<T>(t, b, e, next);
 }
 #endif
 template <typename T>
@@ -86,11 +89,16 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     const int64_t sample_bytes = p.C * p.plane_size * static_cast<int64_t>(sizeof(T));
     const int64_t cpus = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
     if (p.N >= kSamplesPerCpu * cpus && sample_bytes <= kMaxSampleTaskBytes) {
-      ParallelRanges(kc, p.N, 1, [&t, apply, &p](int64_t begin, int64_t end) {
+      // Tasks of up to kSamplesPerTask samples: while one sample is written, the next one of the
+      // task is prefetched into L2 when both fit there (cache::TaskBytes()).
+      const bool prefetch = sample_bytes <= cache::TaskBytes();
+      const int64_t per_task = std::max<int64_t>(1, std::min(kSamplesPerTask, p.N / (kSamplesPerCpu * cpus)));
+      ParallelRanges(kc, p.N, per_task, [&t, apply, &p, prefetch](int64_t begin, int64_t end) {
         for (int64_t n = begin; n < end; ++n) {
           plane_stats<T>(t, n * p.C, (n + 1) * p.C);
           mix_samples<T>(t, n, n + 1);
-          apply(t, n * p.C, (n + 1) * p.C);
+          const T* next = (prefetch && n + 1 < end) ? t.x + (n + 1) * p.C * p.plane_size : nullptr;
+          apply(t, n * p.C, (n + 1) * p.C, next);
         }
         if (t.nt) stream::Fence();
       });
@@ -107,7 +115,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
       // backwards: range [begin, end) of the task numbering = planes [last - end + 1, last - begin]
       const int64_t last = plane0 + planes - 1;
       ParallelRanges(kc, planes, planes_per_task, [&t, last, apply](int64_t begin, int64_t end) {
-        apply(t, last - end + 1, last - begin + 1);
+        apply(t, last - end + 1, last - begin + 1, nullptr);
         if (t.nt) stream::Fence();
       });
     }
