@@ -10,6 +10,9 @@
 //           into double every 64 channels); shift = mean of the first <= 8 channels:
 //           Mean = shift + sum / C, M2 = sq - sum^2 / C, no E[x^2] - E[x]^2 cancellation
 //   pass 2  y[c, p] = ((x[c, p] - m_hi[p]) - m_lo[p]) * inv_std[p]   (compute type)
+// A sample's positions are split into equal blocks. While pass 2 writes a block, the next
+// block of the task is prefetched into L2 row by row (its C rows are strided, which the
+// hardware prefetchers follow poorly), so its pass 1 overlaps this block's writes.
 // Std = sqrt(M2 / (C - unbiased) + eps). The mean is carried as a compute-type
 // pair (hi + lo) in pass 2 so large means (1e3 with std 1e-2) stay accurate.
 // The work of a block depends only on its positions: results do not depend on
@@ -93,6 +96,8 @@ inline void store_stat(const double* v, T* dst, int64_t len, C* buf) noexcept {
 // Processes positions [p0, p0 + len) (len <= kMaxBlock) of sample n.
 // x, y: (N, C, S); mean, std_out: (N, S). T: float, half (float math) or double.
 // nt: Y rows written with streaming stores (the caller fences at the end of its task).
+// next (may be null): the first element (channel 0) of the block processed after this one, of
+// next_len positions, prefetched into L2 during pass 2 (no effect on any value).
 #if defined(__GNUC__)
 #define NX_PONO_INLINE inline __attribute__((always_inline))
 #else
@@ -208,8 +213,10 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
     T* yr = ys + c * positions;
     for (int64_t j0 = 0; j0 < len; j0 += kPiece) {
       const int64_t j1 = (len - j0 < kPiece) ? len : j0 + kPiece;
-      if (pf != nullptr && j0 < next_len)
-        cache::PrefetchL2(pf + j0 * static_cast<int64_t>(sizeof(T)), ((next_len < j1 ? next_len : j1) - j0) * static_cast<int64_t>(sizeof(T)));
+      if (pf != nullptr && j0 < next_len) {
+        const int64_t e = next_len < j1 ? next_len : j1;
+        cache::PrefetchL2(pf + j0 * static_cast<int64_t>(sizeof(T)), (e - j0) * static_cast<int64_t>(sizeof(T)));
+      }
       if constexpr (std::is_same<T, half>::value) {
         half_to_float_n(r + j0, buf, static_cast<size_t>(j1 - j0));
         for (int64_t j = j0; j < j1; ++j) buf[j - j0] = ((buf[j - j0] - m_hi[j]) - m_lo[j]) * inv[j];
@@ -223,7 +230,8 @@ NX_PONO_INLINE void pono_block(const T* x, T* y, T* mean_out, T* std_out, int64_
       }
     }
     if (pf != nullptr && len < next_len)  // the next block is longer (the last block of a sample is not)
-      cache::PrefetchL2(pf + len * static_cast<int64_t>(sizeof(T)), (next_len - len) * static_cast<int64_t>(sizeof(T)));
+      cache::PrefetchL2(pf + len * static_cast<int64_t>(sizeof(T)),
+                        (next_len - len) * static_cast<int64_t>(sizeof(T)));
   }
 }
 
