@@ -24,10 +24,8 @@ Cost. A case needs its inputs + outputs in memory (about 8.6 GB; SPADE, whose mo
 X's shape, 17.2 GB) and is skipped, saying so, only where /proc/meminfo's MemAvailable is short.
 Cases run one at a time and release their arrays (also on failure) before the next one.
 Where one buffer serves several layouts (channels-last, both SPADE modes) the same memory is run
-again with another node, so the extra paths cost no memory and no fill. SwitchableNorm of rank 2
-is not covered: its CPU kernel keeps two doubles of statistics per (n, c) plane, and a rank-2
-plane is one element (34 GB of scratch at 2**31 elements; the node fails with "out of memory").
-The inputs are bound to ORT with IOBinding (no copy), and so are the outputs (no ORT-side
+again with another node, so the extra paths cost no memory and no fill (SwitchableNorm of rank 2
+too: its one-element planes take a path without per-plane scratch). The inputs are bound to ORT with IOBinding (no copy), and so are the outputs (no ORT-side
 output plus numpy copy)."""
 
 import gc
@@ -238,18 +236,20 @@ def sn_params(c, k, seed):
 
 def case_switchable_norm(mem):
     """SwitchableNorm with BN (running statistics), (N, 4, 24, 32): IN over planes of 768, LN over
-    samples of 3072."""
+    samples of 3072; again as rank 2, (N, 3072): one-element planes, LN and BN branches."""
     x = fill(mem.setdefault("X", np.empty((N, 4, 24, 32), F16)), SAMPLE, 31)
     y = mem.setdefault("Y", np.empty_like(x))
-    p = sn_params(4, 3, 32)
-    q = {k: v.astype(np.float64) for k, v in p.items()}
     eps = 1e-3
-    m = op_model("SwitchableNorm", {"X": 4, **{k: 1 for k in p}}, ["Y"], epsilon=eps, using_bn=1)
-    run_bound(m, {"X": x, **p}, {"Y": y})
-    e, _ = style_ref.switchable_norm(at(x), q["scale"], q["bias"], q["mean_weight"], q["var_weight"], f32(eps),
-                                     ("in", "ln", "bn"), False, running_mean=q["running_mean"],
-                                     running_var=q["running_var"])
-    assert_close("SwitchableNorm", [y], [e], tol("switchable_norm"))
+    for rank, c, branches in ((4, 4, ("in", "ln", "bn")), (2, SAMPLE, ("ln", "bn"))):
+        xs, ys = (x, y) if rank == 4 else (x.reshape(N, SAMPLE), y.reshape(N, SAMPLE))
+        p = sn_params(c, len(branches), 32)
+        q = {k: v.astype(np.float64) for k, v in p.items()}
+        m = op_model("SwitchableNorm", {"X": rank, **{k: 1 for k in p}}, ["Y"], epsilon=eps, using_bn=1)
+        run_bound(m, {"X": xs, **p}, {"Y": ys})
+        e, _ = style_ref.switchable_norm(at(xs), q["scale"], q["bias"], q["mean_weight"], q["var_weight"],
+                                         f32(eps), branches, False, running_mean=q["running_mean"],
+                                         running_var=q["running_var"])
+        assert_close(f"SwitchableNorm rank {rank}", [ys], [e], tol("switchable_norm"))
 
 
 def case_adain(mem):

@@ -194,7 +194,8 @@ def sn_reference(f, using_bn, eps=1e-5):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5, 6), (3, 6, 11), (4, 6, 5, 7), (2, 6, 3, 4, 5), (1, 3, 130, 131)])
+@pytest.mark.parametrize("shape", [(5, 6), (3, 6, 11), (4, 6, 5, 7), (2, 6, 3, 4, 5), (1, 3, 130, 131),
+                                   (3, 6, 1, 1)])   # one-element planes with an IN branch
 @pytest.mark.parametrize("using_bn", [1, 0])
 def test_sn_contract(path, dtype, shape, using_bn, library):
     f = sn_feeds(shape, using_bn, dtype, seed=len(shape))
@@ -223,6 +224,31 @@ def test_sn_batched_equal_one_by_one(dtype, using_bn, library):
     assert_close(y, sn_reference(f, using_bn, 1e-3), dtype)
     for i in (0, n - 1):
         np.testing.assert_array_equal(run(m, dict(f, X=f["X"][i:i + 1]), "native"), y[i:i + 1])
+
+
+@pytest.mark.parametrize("shape", [(None, 6, 9, 10), (None, 70)])
+def test_sn_many_samples_per_task(shape, library):
+    """Enough samples that a task runs several in a row, each with its own statistics in the task's
+    scratch (and the next one prefetched), or, rank 2, the scratch-free one-element-plane path:
+    the reference, and the same bits as one sample at a time."""
+    cpus = min(os.cpu_count() or 1, 16)
+    n = 40 * cpus + 3
+    f = sn_feeds((n, *shape[1:]), 1, "float32", seed=9)
+    m = sn_model(len(shape), "float32", epsilon=1e-3, using_bn=1)
+    y = run(m, f, "native")
+    assert_close(y, sn_reference(f, 1, 1e-3), "float32")
+    for i in (0, 1, n // 2, n - 1):
+        np.testing.assert_array_equal(run(m, dict(f, X=f["X"][i:i + 1]), "native"), y[i:i + 1])
+
+
+def test_sn_several_waves(library):
+    """Few, big samples: the phases run over all threads in waves of samples (16 MiB of X), the
+    per-plane scratch reused wave after wave."""
+    f = sn_feeds((3, 4, 500, 750), 1, "float32", seed=10)   # 6 MB a sample: waves of 2, then 1
+    m = sn_model(4, "float32", epsilon=1e-3, using_bn=1)
+    y = run(m, f, "native")
+    assert_close(y, sn_reference(f, 1, 1e-3), "float32")
+    np.testing.assert_array_equal(run(m, dict(f, X=f["X"][2:3]), "native"), y[2:3])
 
 
 @pytest.mark.parametrize("path", PATHS)

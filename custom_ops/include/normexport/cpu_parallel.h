@@ -25,14 +25,25 @@ inline int64_t MinUnitsPerTask(int64_t unit_elements, int64_t min_elements = int
   return std::max<int64_t>(1, (min_elements + unit_elements - 1) / unit_elements);
 }
 
-template <typename F>
-void ParallelRanges(const Ort::KernelContext& kc, int64_t total, int64_t min_units, const F& fn) {
-  if (total <= 0) return;
+// The split ParallelRanges uses: num_tasks ranges of per_task units (the last may be shorter);
+// range k starts at k * per_task (a caller can size per-task scratch with it).
+struct RangeSplit {
+  int64_t num_tasks, per_task;
+};
+inline RangeSplit SplitRanges(int64_t total, int64_t min_units) noexcept {
+  if (total <= 0) return {0, 1};
   min_units = std::max<int64_t>(1, min_units);
   int64_t num_tasks = (total + min_units - 1) / min_units;
   num_tasks = std::max<int64_t>(1, std::min(num_tasks, kParallelMaxTasks));
   const int64_t per_task = (total + num_tasks - 1) / num_tasks;
-  num_tasks = (total + per_task - 1) / per_task;
+  return {(total + per_task - 1) / per_task, per_task};
+}
+
+template <typename F>
+void ParallelRanges(const Ort::KernelContext& kc, int64_t total, int64_t min_units, const F& fn) {
+  if (total <= 0) return;
+  const RangeSplit split = SplitRanges(total, min_units);
+  const int64_t num_tasks = split.num_tasks, per_task = split.per_task;
   if (num_tasks == 1) {
     fn(int64_t{0}, total);
     return;

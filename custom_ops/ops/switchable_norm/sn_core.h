@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "normexport/common.h"
 #include "normexport/cpu_cache.h"
@@ -81,10 +82,12 @@ struct Tensors {
   int64_t channels, plane_size;
   float eps;
   Weights wm, wv;
-  // scratch, 2 doubles per plane: phase 1 writes (IN mean, IN var), phase 2
-  // overwrites them in place with (mu, a = scale / sqrt(var + eps))
+  // scratch, 2 doubles per plane of the planes in flight, stat0[i] / stat1[i] for plane
+  // stat_base + i: phase 1 writes (IN mean, IN var), phase 2 overwrites them in place with
+  // (mu, a = scale / sqrt(var + eps))
   double* stat0;
   double* stat1;
+  int64_t stat_base = 0;
   bool nt = false;  // streaming stores in apply_planes (the caller fences at the end of each task)
 };
 
@@ -93,8 +96,8 @@ template <typename T>
 void plane_stats(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   for (int64_t plane = begin; plane < end; ++plane) {
     const moments::Moments m = moments::plane_moments(t.x + plane * t.plane_size, t.plane_size);
-    t.stat0[plane] = m.mean;
-    t.stat1[plane] = m.var;
+    t.stat0[plane - t.stat_base] = m.mean;
+    t.stat1[plane - t.stat_base] = m.var;
   }
 }
 
@@ -104,8 +107,8 @@ void mix_samples(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   const int64_t C = t.channels;
   const double inv_c = 1.0 / static_cast<double>(C);
   for (int64_t n = begin; n < end; ++n) {
-    double* mean = t.stat0 + n * C;
-    double* var = t.stat1 + n * C;
+    double* mean = t.stat0 + (n * C - t.stat_base);
+    double* var = t.stat1 + (n * C - t.stat_base);
     double s = 0.0;
     for (int64_t c = 0; c < C; ++c) s += mean[c];
     const double mean_ln = s * inv_c;
@@ -165,11 +168,58 @@ template <typename T>
 NX_SN_INLINE void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end, const T* next = nullptr) noexcept {
   using C = typename moments::compute_type<T>::type;
   for (int64_t plane = end - 1; plane >= begin; --plane) {
-    const moments::Split<C> mu = moments::split<C>(t.stat0[plane]);
+    const moments::Split<C> mu = moments::split<C>(t.stat0[plane - t.stat_base]);
     const int64_t off = plane * t.plane_size;
     const T* pf = next != nullptr ? next + (end - 1 - plane) * t.plane_size : nullptr;
-    detail::affine(t.x + off, t.y + off, t.plane_size, mu.hi, mu.lo, static_cast<C>(t.stat1[plane]),
+    detail::affine(t.x + off, t.y + off, t.plane_size, mu.hi, mu.lo, static_cast<C>(t.stat1[plane - t.stat_base]),
                    static_cast<C>(moments::load(t.bias[plane % t.channels])), t.nt, pf);
+  }
+}
+
+// All three phases on samples [begin, end) of a tensor whose planes hold one element
+// (plane_size == 1: rank 2, or spatial dims of 1), without scratch: a plane's IN mean is its
+// value and its IN variance 0, so the per-plane statistics are recomputed from X. The same
+// formulas, in the same order, as plane_stats + mix_samples + apply_planes.
+template <typename T>
+void one_element_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
+  using C = typename moments::compute_type<T>::type;
+  constexpr int64_t kChunk = moments::kHalfChunk;
+  const int64_t ch = t.channels;
+  const double inv_c = 1.0 / static_cast<double>(ch);
+  C buf[kChunk];
+  for (int64_t n = begin; n < end; ++n) {
+    const T* x = t.x + n * ch;
+    T* y = t.y + n * ch;
+    double s = 0.0;
+    for (int64_t c = 0; c < ch; ++c) s += static_cast<double>(moments::load(x[c]));
+    const double mean_ln = s * inv_c;
+    double se = 0.0;
+    for (int64_t c = 0; c < ch; ++c) {
+      const double e = static_cast<double>(moments::load(x[c])) - mean_ln;
+      se += e * e;
+    }
+    const double var_ln = 0.0 * inv_c + se * inv_c;  // (IN variances: 0)
+    for (int64_t c0 = 0; c0 < ch; c0 += kChunk) {
+      const int64_t len = (ch - c0 < kChunk) ? ch - c0 : kChunk;
+      for (int64_t k = 0; k < len; ++k) {
+        const int64_t c = c0 + k;
+        const C xv = static_cast<C>(moments::load(x[c]));
+        double mu = t.wm.ln * mean_ln;
+        double v = t.wv.ln * var_ln;
+        if (t.wm.has_in) mu = t.wm.in * static_cast<double>(xv) + mu;
+        if (t.wv.has_in) v = t.wv.in * 0.0 + v;
+        if (t.wm.has_bn) mu = mu + t.wm.bn * static_cast<double>(moments::load(t.running_mean[c]));
+        if (t.wv.has_bn) v = v + t.wv.bn * static_cast<double>(moments::load(t.running_var[c]));
+        const double a = static_cast<double>(moments::load(t.scale[c])) / std::sqrt(v + static_cast<double>(t.eps));
+        const moments::Split<C> m = moments::split<C>(mu);
+        buf[k] = ((xv - m.hi) - m.lo) * static_cast<C>(a) + static_cast<C>(moments::load(t.bias[c]));
+      }
+      if constexpr (std::is_same<T, half>::value) {
+        float_to_half_n(buf, y + c0, static_cast<size_t>(len));
+      } else {
+        for (int64_t k = 0; k < len; ++k) y[c0 + k] = buf[k];
+      }
+    }
   }
 }
 

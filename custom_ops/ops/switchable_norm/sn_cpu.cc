@@ -7,6 +7,9 @@
 //   sample that fits in cache::TaskBytes() is read from memory once.
 // * Otherwise (few or huge samples) the phases are split over all threads, in waves of samples
 //   of about kWaveBytes of X (at least one sample), the apply phase again last plane to first.
+// * Planes of one element (rank 2): one_element_planes per sample, no scratch.
+// The per-plane scratch (2 doubles) covers only the planes in flight: one sample per task, or
+// one wave, so a tensor of many small planes does not need 16 bytes of scratch per plane.
 // Both paths run the same per-plane and per-sample functions, so they give the same bits
 // whatever the split. Outputs of at least stream::ThresholdBytes() are written with streaming
 // stores (normexport/cpu_stream.h).
@@ -67,7 +70,6 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
     if (OrtStatus* st = Prepare(kc, node, a, OnnxType<T>::value, &p)) return st;
     if (p.num_elements == 0) return nullptr;  // empty tensor: empty output
 
-    std::vector<double> scratch(static_cast<size_t>(2 * p.num_planes));
     const int64_t k = p.num_branches;
     Tensors<T> t{static_cast<const T*>(p.x),
                  static_cast<const T*>(p.scale),
@@ -80,34 +82,52 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
                  a.eps,
                  softmax_weights(static_cast<const T*>(p.mean_weight), k, p.has_in, a.using_bn),
                  softmax_weights(static_cast<const T*>(p.var_weight), k, p.has_in, a.using_bn),
-                 scratch.data(),
-                 scratch.data() + p.num_planes};
+                 nullptr,
+                 nullptr};
 
     t.nt = stream::UseNt(p.num_elements * static_cast<int64_t>(sizeof(T)));
     const int64_t planes_per_task = MinUnitsPerTask(p.plane_size);
     const ApplyFn<T> apply = ApplyCore<T>();
     const int64_t sample_bytes = p.C * p.plane_size * static_cast<int64_t>(sizeof(T));
     const int64_t cpus = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+    if (p.plane_size == 1) {  // rank 2 (or 1x1 planes): no per-plane scratch at all
+      ParallelRanges(kc, p.N, MinUnitsPerTask(p.C),
+                     [&t](int64_t begin, int64_t end) { one_element_planes<T>(t, begin, end); });
+      return nullptr;
+    }
     if (p.N >= kSamplesPerCpu * cpus && sample_bytes <= kMaxSampleTaskBytes) {
       // Tasks of up to kSamplesPerTask samples: while one sample is written, the next one of the
-      // task is prefetched into L2 when both fit there (cache::TaskBytes()).
+      // task is prefetched into L2 when both fit there (cache::TaskBytes()). Scratch: one
+      // sample's planes per task.
       const bool prefetch = sample_bytes <= cache::TaskBytes();
       const int64_t per_task = std::max<int64_t>(1, std::min(kSamplesPerTask, p.N / (kSamplesPerCpu * cpus)));
-      ParallelRanges(kc, p.N, per_task, [&t, apply, &p, prefetch](int64_t begin, int64_t end) {
+      const RangeSplit split = SplitRanges(p.N, per_task);
+      std::vector<double> scratch(static_cast<size_t>(2 * p.C * split.num_tasks));
+      ParallelRanges(kc, p.N, per_task, [&t, apply, &p, prefetch, &scratch, split](int64_t begin, int64_t end) {
+        Tensors<T> tt = t;
+        tt.stat0 = scratch.data() + 2 * p.C * (begin / split.per_task);
+        tt.stat1 = tt.stat0 + p.C;
         for (int64_t n = begin; n < end; ++n) {
-          plane_stats<T>(t, n * p.C, (n + 1) * p.C);
-          mix_samples<T>(t, n, n + 1);
+          tt.stat_base = n * p.C;
+          plane_stats<T>(tt, n * p.C, (n + 1) * p.C);
+          mix_samples<T>(tt, n, n + 1);
           const T* next = (prefetch && n + 1 < end) ? t.x + (n + 1) * p.C * p.plane_size : nullptr;
-          apply(t, n * p.C, (n + 1) * p.C, next);
+          apply(tt, n * p.C, (n + 1) * p.C, next);
         }
         if (t.nt) stream::Fence();
       });
       return nullptr;
     }
-    const int64_t samples_per_wave = std::max<int64_t>(1, kWaveBytes / std::max<int64_t>(1, sample_bytes));
+    // scratch for one wave: at most kWaveBytes of it (16 bytes per plane), at least one sample
+    const int64_t samples_per_wave = std::max<int64_t>(
+        1, std::min(kWaveBytes / std::max<int64_t>(1, sample_bytes), kWaveBytes / (16 * p.C)));
+    std::vector<double> scratch(static_cast<size_t>(2 * p.C * std::min(samples_per_wave, p.N)));
+    t.stat0 = scratch.data();
+    t.stat1 = scratch.data() + scratch.size() / 2;
     for (int64_t n0 = 0; n0 < p.N; n0 += samples_per_wave) {
       const int64_t n1 = std::min(p.N, n0 + samples_per_wave);
       const int64_t plane0 = n0 * p.C, planes = (n1 - n0) * p.C;
+      t.stat_base = plane0;
       ParallelRanges(kc, planes, planes_per_task,
                      [&t, plane0](int64_t begin, int64_t end) { plane_stats<T>(t, plane0 + begin, plane0 + end); });
       ParallelRanges(kc, n1 - n0, MinUnitsPerTask(p.C, int64_t{1} << 12),
