@@ -381,6 +381,36 @@ def _ort_ms(model, feeds, threads, repeat, use_library, outputs: list | None = N
     return median_ms(lambda: s.run(None, feeds), repeat)
 
 
+#: Alternating rounds of the --baseline comparison (each round: 1 warm-up + 3 timed runs per library).
+BASELINE_ROUNDS = 8
+
+
+def _paired_ms(fa: Callable[[], object], fb: Callable[[], object], rounds: int) -> tuple[float, float, float]:
+    """Medians of a and b and of the per-round ratio b / a, the two timed in alternating rounds
+    (a, b, then b, a, ...): on a machine whose memory bandwidth drifts by tens of percent from one
+    minute to the next, a ratio of two separate medians can be off by that much; the rounds see
+    the same conditions."""
+    ta, tb, ratio = [], [], []
+    for i in range(max(2, rounds)):
+        order = (fa, fb) if i % 2 == 0 else (fb, fa)
+        t = {id(f): median_ms(f, 3, 0.0) for f in order}
+        ta.append(t[id(fa)])
+        tb.append(t[id(fb)])
+        ratio.append(tb[-1] / ta[-1])
+    return float(np.median(ta)), float(np.median(tb)), float(np.median(ratio))
+
+
+def _library_session(model, threads: int, library: str):
+    """A CPU session with the op library at ``library`` (another build than the installed one)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.register_custom_ops_library(library)
+    return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+
+
 def _max_diff(a: list, b: list) -> float:
     return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
                for x, y in zip(a, b))
@@ -448,7 +478,7 @@ def _case_bytes(case: Case) -> int:
     return read + written
 
 
-def bench_op(spec, size: str, shape, threads: int, repeat: int, tmp: str) -> dict:
+def bench_op(spec, size: str, shape, threads: int, repeat: int, tmp: str, baseline: str | None = None) -> dict:
     op = spec.export
     res = {"op": op.op_type, "registry": spec.name, "size": size, "shape": list(shape) if shape else None,
            "bytes": None, "measurements": {}, "ratios": {}, "notes": []}
@@ -473,6 +503,14 @@ def bench_op(spec, size: str, shape, threads: int, repeat: int, tmp: str) -> dic
         # the copy right after the native kernel: on a shared machine the memory bandwidth drifts,
         # and native / copy should compare the two under the same conditions
         meas["copy"] = _copy_ms(nbytes, repeat)
+        if baseline:
+            sa = _ort_session(model, threads, True)
+            sb = _library_session(model, threads, baseline)
+            outs["baseline"] = sb.run(None, feeds)
+            a_ms, b_ms, ratio = _paired_ms(lambda: sa.run(None, feeds), lambda: sb.run(None, feeds),
+                                           BASELINE_ROUNDS)
+            res["baseline"] = {"library": baseline, "rounds": BASELINE_ROUNDS, "native_ms": a_ms,
+                               "baseline_ms": b_ms, "baseline/native": ratio}
     else:
         meas["native"] = None
         res["notes"].append(why)
@@ -539,8 +577,11 @@ QUICK_GRAPHS = ("pono_autoencoder",)  # the fastest to export
 
 def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"), threads: int = 2,
         repeat: int = 5, quick: bool = False, graphs: list[str] | None = None,
-        log: Callable[[str], None] | None = None) -> dict:
-    """Run the benchmark; returns the JSON-able document (``log``: progress lines)."""
+        log: Callable[[str], None] | None = None, baseline: str | None = None) -> dict:
+    """Run the benchmark; returns the JSON-able document (``log``: progress lines).
+
+    ``baseline``: the path of another build of the op library (e.g. the previous commit's): its
+    native kernels are timed against this build's in alternating rounds, per op and shape."""
     import onnxruntime as ort
 
     from .graphs import GRAPHS
@@ -559,6 +600,13 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
     bad = [g for g in graphs if g not in GRAPHS]
     if bad:
         raise ValueError(f"unknown graph(s) {', '.join(bad)}; known: {', '.join(GRAPHS)}")
+    if baseline is not None:
+        if not os.path.isfile(baseline):
+            raise ValueError(f"--baseline {baseline!r} is not a file (the path of a libnormexport_ops "
+                             f"build to compare with)")
+        if not library_path():
+            raise ValueError("--baseline needs this build's op library, and none is built")
+        baseline = os.path.abspath(baseline)
     llc, llc_src = llc_bytes()
     global _min_seconds
     prev_threads, prev_min = torch.get_num_threads(), _min_seconds
@@ -567,7 +615,7 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
     doc = {"threads": threads, "repeat": repeat, "min_seconds": _min_seconds, "quick": quick, "llc_bytes": llc, "llc_source": llc_src,
            "large_rule": f"bytes read + written >= {LLC_MULTIPLE} x LLC",
            "onnxruntime": ort.__version__, "torch": torch.__version__, "library": library_path(),
-           "ops": [], "graphs": []}
+           "baseline_library": baseline, "ops": [], "graphs": []}
     try:
         with tempfile.TemporaryDirectory(prefix="normexport-bench-") as tmp:
             for spec in specs:
@@ -583,7 +631,7 @@ def run(ops: list[str] | None = None, sizes: tuple[str, ...] = ("small", "large"
                         shapes = large_shapes(recipe, LLC_MULTIPLE * llc)
                     for shape in shapes:
                         log(f"op {spec.export.op_type} {size} {shape} ...")
-                        doc["ops"].append(bench_op(spec, size, shape, threads, repeat, tmp))
+                        doc["ops"].append(bench_op(spec, size, shape, threads, repeat, tmp, baseline))
             for g in graphs:
                 log(f"graph {g} ...")
                 doc["graphs"].append(bench_graph(g, GRAPHS[g], threads, repeat, tmp))
@@ -630,19 +678,30 @@ def format_report(doc: dict) -> str:
                          _fmt(ms / copy["ms"] if ms and copy else None, ".2f"),
                          "-" if k in ("function", "copy") else _fmt(diffs.get(k), ".1e")])
         lines.append(format_table(["path", "ms", "GB/s", "x native", "x copy", "max|diff| vs function"], rows))
+        if r.get("baseline"):
+            bl = r["baseline"]
+            lines.append(f"baseline library, {bl['rounds']} alternating rounds: this build {bl['native_ms']:.3f} ms, "
+                         f"baseline {bl['baseline_ms']:.3f} ms, baseline / this build {bl['baseline/native']:.3f} "
+                         f"(> 1: this build is faster)")
     summary = [r for r in doc["ops"] if r["measurements"].get("native")]
     if summary:
         lines.append("\nsummary, native kernel against: a copy of the same bytes (time ratio, lower is better), "
                      "the best stock-ORT formulation and torch eager (speed-ups, higher is better):")
         rows = []
+        with_baseline = any(r.get("baseline") for r in summary)
         for r in summary:
             rat = r["ratios"]
             stock = [v for k, v in rat.items() if k.startswith("stock:") and v is not None]
             rows.append([r["op"], r["size"], "x".join(map(str, r["shape"])),
                          _fmt(rat.get("native/copy"), ".2f"), _fmt(max(stock) if stock else None, ".2f"),
                          _fmt(rat.get("torch/native"), ".2f")])
+            if with_baseline:
+                rows[-1].append(_fmt((r.get("baseline") or {}).get("baseline/native"), ".3f"))
         lines.append(format_table(["op", "size", "shape", "native / copy", "best stock / native",
-                                   "torch / native"], rows))
+                                   "torch / native"] + (["baseline / native (paired)"] if with_baseline else []),
+                                  rows))
+        if with_baseline:
+            lines.append(f"baseline library: {doc.get('baseline_library')}")
     if doc["graphs"]:
         lines.append("\nmodels (normexport.graphs, exported with custom ops), ms per batch:")
         rows = [[g["graph"], str(g["batch"]), _fmt(g["ms"]["ort_library"]), _fmt(g["ms"]["ort_function"]),

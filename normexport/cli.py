@@ -60,7 +60,7 @@ def _cmd_bench(args) -> int:
     try:
         doc = bench.run(ops=split(args.ops), sizes=sizes, threads=args.threads,
                         repeat=args.repeat if args.repeat is not None else (2 if args.quick else 5),
-                        quick=args.quick, graphs=graphs,
+                        quick=args.quick, graphs=graphs, baseline=args.baseline,
                         log=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
     except ValueError as e:
         print(f"normexport bench: {e}", file=sys.stderr)
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                    "section, or 'none' (default: all; pono_autoencoder with --quick)")
     s.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     s.add_argument("--quick", action="store_true", help="tiny shapes, repeat 2, one graph (a smoke run)")
+    s.add_argument("--baseline", metavar="LIBRARY", help="another build of the op library (e.g. the "
+                   "previous commit's libnormexport_ops.so): its native kernels are timed against this "
+                   "build's in alternating rounds, reported as baseline / native per op and shape")
     s.set_defaults(fn=_cmd_bench)
     s = sub.add_parser("gpu-check", help="run the stand-alone CUDA kernel check (normexport_gpu_check) "
                        "on this machine's GPU")

@@ -132,3 +132,44 @@ def test_large_shapes_batch_and_one_sample():
         assert one[0] == 1 and one[1] == bench.LARGE_CHANNELS and one[2] == one[3] > 3 * batch[2], (op, one)
         for shape in (batch, one):
             assert bench._case_bytes(recipe(shape, bench._rng())) >= target, (op, shape)
+
+
+def test_baseline_library_is_timed_in_paired_rounds():
+    """`--baseline LIB`: another build's native kernel timed against this build's in alternating
+    rounds; the document carries both medians and the paired ratio, and the baseline's outputs are
+    compared like every other path. (The installed library as its own baseline: a ratio near 1 is
+    expected, but no timing is asserted.)"""
+    lib = normexport.library_path()
+    if lib is None:
+        pytest.skip("the op library is not built (no C++ toolchain at install time)")
+    r = _run("--quick", "--ops", "FilterResponseNorm", "--graphs", "none", "--json", "--baseline", lib)
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["baseline_library"] == lib
+    (x,) = d["ops"]
+    bl = x["baseline"]
+    assert bl["library"] == lib and bl["rounds"] == bench.BASELINE_ROUNDS
+    assert _positive(bl["native_ms"]) and _positive(bl["baseline_ms"]) and _positive(bl["baseline/native"])
+    assert x["max_abs_diff_vs_function"]["baseline"] <= 1e-5
+    text = bench.format_report(d)
+    assert "baseline / native (paired)" in text and "alternating rounds" in text
+
+
+def test_paired_ratio_is_the_median_of_round_ratios():
+    import itertools
+    import time as _time
+    calls = itertools.count()
+
+    def slow():
+        next(calls)
+        _time.sleep(0.002)
+    ta, tb, ratio = bench._paired_ms(lambda: None, slow, 3)
+    assert next(calls) == 3 * 4          # 3 rounds x (1 warm-up + 3 timed runs)
+    assert tb > ta and ratio > 1 and tb >= 2.0
+
+
+def test_bad_baseline_path_is_refused(capsys):
+    from normexport import cli
+    assert cli.main(["bench", "--quick", "--graphs", "none", "--baseline", "/nonexistent/lib.so"]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline" in err and "/nonexistent/lib.so" in err and "not a file" in err
