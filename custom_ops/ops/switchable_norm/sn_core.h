@@ -22,7 +22,6 @@
 #include <type_traits>
 
 #include "normexport/common.h"
-#include "normexport/cpu_cache.h"
 #include "normexport/cpu_half.h"
 #include "normexport/cpu_moments.h"
 #include "normexport/cpu_stream.h"
@@ -139,20 +138,16 @@ NX_SN_INLINE void affine_values(const C* x, C* y, int64_t n, C hi, C lo, C a, C 
 }
 // (a plane above the L2 budget tail first: with the planes applied last to first, the whole
 // sample is then re-read in the reverse order of its statistics pass, most recently read first)
-// pf (may be null): n elements of the next sample to prefetch into L2, tile by tile.
 template <typename C>
-NX_SN_INLINE void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt, const C* pf) noexcept {
+NX_SN_INLINE void affine(const C* x, C* y, int64_t n, C hi, C lo, C a, C b, bool nt) noexcept {
   stream::WriteTiledTailFirst(y, n, nt, [&](C* out, int64_t off, int64_t len) NX_STREAM_LAMBDA {
-    if (pf != nullptr) cache::PrefetchL2(pf + off, len * static_cast<int64_t>(sizeof(C)));
     affine_values<C>(x + off, out, len, hi, lo, a, b);
   });
 }
-NX_SN_INLINE void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b, bool nt,
-                         const half* pf) noexcept {
+NX_SN_INLINE void affine(const half* x, half* y, int64_t n, float hi, float lo, float a, float b, bool nt) noexcept {
   float buf[moments::kHalfChunk];
   for (int64_t off = 0; off < n; off += moments::kHalfChunk) {
     const int64_t len = (n - off < moments::kHalfChunk) ? n - off : moments::kHalfChunk;
-    if (pf != nullptr) cache::PrefetchL2(pf + off, len * static_cast<int64_t>(sizeof(half)));
     half_to_float_n(x + off, buf, static_cast<size_t>(len));
     affine_values<float>(buf, buf, len, hi, lo, a, b);
     stream::FloatToHalf(buf, y + off, len, nt);
@@ -162,17 +157,14 @@ NX_SN_INLINE void affine(const half* x, half* y, int64_t n, float hi, float lo, 
 
 // Phase 3 on planes [begin, end), last plane first (the caller may number the planes backwards
 // so the planes phase 1 read last, still in cache, are applied first).
-// next (may be null): end - begin planes that the task reads next (the next sample), prefetched
-// into L2 first plane first (the order of its statistics pass) while these planes are written.
 template <typename T>
-NX_SN_INLINE void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end, const T* next = nullptr) noexcept {
+NX_SN_INLINE void apply_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   using C = typename moments::compute_type<T>::type;
   for (int64_t plane = end - 1; plane >= begin; --plane) {
     const moments::Split<C> mu = moments::split<C>(t.stat0[plane - t.stat_base]);
     const int64_t off = plane * t.plane_size;
-    const T* pf = next != nullptr ? next + (end - 1 - plane) * t.plane_size : nullptr;
     detail::affine(t.x + off, t.y + off, t.plane_size, mu.hi, mu.lo, static_cast<C>(t.stat1[plane - t.stat_base]),
-                   static_cast<C>(moments::load(t.bias[plane % t.channels])), t.nt, pf);
+                   static_cast<C>(moments::load(t.bias[plane % t.channels])), t.nt);
   }
 }
 

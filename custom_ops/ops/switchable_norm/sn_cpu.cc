@@ -37,17 +37,16 @@ constexpr int64_t kSamplesPerTask = 8;
 
 // ---- run-time ISA dispatch of the apply phase: baseline x86-64 and AVX2 + FMA ----
 template <typename T>
-using ApplyFn = void (*)(const Tensors<T>&, int64_t, int64_t, const T*) noexcept;
+using ApplyFn = void (*)(const Tensors<T>&, int64_t, int64_t) noexcept;
 template <typename T>
-void ApplyBase(const Tensors<T>& t, int64_t b, int64_t e, const T* next) noexcept {
-  apply_planes<T>(t, b, e, next);
+void ApplyBase(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  apply_planes<T>(t, b, e);
 }
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define NX_SN_AVX2 1
 template <typename T>
-__attribute__((target("avx2,fma"))) void ApplyAvx2(const Tensors<T>& t, int64_t b, int64_t e,
-                                                    const T* next) noexcept {
-  apply_planes<T>(t, b, e, next);
+__attribute__((target("avx2,fma"))) void ApplyAvx2(const Tensors<T>& t, int64_t b, int64_t e) noexcept {
+  apply_planes<T>(t, b, e);
 }
 #endif
 template <typename T>
@@ -96,14 +95,11 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
       return nullptr;
     }
     if (p.N >= kSamplesPerCpu * cpus && sample_bytes <= kMaxSampleTaskBytes) {
-      // Tasks of up to kSamplesPerTask samples: while one sample is written, the next one of the
-      // task is prefetched into L2 when both fit there (cache::TaskBytes()). Scratch: one
-      // sample's planes per task.
-      const bool prefetch = sample_bytes <= cache::TaskBytes();
+      // Tasks of up to kSamplesPerTask samples; scratch: one sample's planes per task.
       const int64_t per_task = std::max<int64_t>(1, std::min(kSamplesPerTask, p.N / (kSamplesPerCpu * cpus)));
       const RangeSplit split = SplitRanges(p.N, per_task);
       std::vector<double> scratch(static_cast<size_t>(2 * p.C * split.num_tasks));
-      ParallelRanges(kc, p.N, per_task, [&t, apply, &p, prefetch, &scratch, split](int64_t begin, int64_t end) {
+      ParallelRanges(kc, p.N, per_task, [&t, apply, &p, &scratch, split](int64_t begin, int64_t end) {
         Tensors<T> tt = t;
         tt.stat0 = scratch.data() + 2 * p.C * (begin / split.per_task);
         tt.stat1 = tt.stat0 + p.C;
@@ -111,8 +107,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
           tt.stat_base = n * p.C;
           plane_stats<T>(tt, n * p.C, (n + 1) * p.C);
           mix_samples<T>(tt, n, n + 1);
-          const T* next = (prefetch && n + 1 < end) ? t.x + (n + 1) * p.C * p.plane_size : nullptr;
-          apply(tt, n * p.C, (n + 1) * p.C, next);
+          apply(tt, n * p.C, (n + 1) * p.C);
         }
         if (t.nt) stream::Fence();
       });
@@ -135,7 +130,7 @@ OrtStatus* ComputeCpu(const NodeContext& node, const Attrs& a, OrtKernelContext*
       // backwards: range [begin, end) of the task numbering = planes [last - end + 1, last - begin]
       const int64_t last = plane0 + planes - 1;
       ParallelRanges(kc, planes, planes_per_task, [&t, last, apply](int64_t begin, int64_t end) {
-        apply(t, last - end + 1, last - begin + 1, nullptr);
+        apply(t, last - end + 1, last - begin + 1);
         if (t.nt) stream::Fence();
       });
     }
