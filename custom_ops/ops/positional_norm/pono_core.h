@@ -100,8 +100,10 @@ inline void store_stat(const double* v, T* dst, int64_t len, C* buf) noexcept {
 // next_len positions, prefetched into L2 during pass 2 (no effect on any value).
 #if defined(__GNUC__)
 #define NX_PONO_INLINE inline __attribute__((always_inline))
+#define NX_PONO_LAMBDA __attribute__((always_inline))
 #else
 #define NX_PONO_INLINE inline
+#define NX_PONO_LAMBDA
 #endif
 
 template <typename T>
@@ -241,19 +243,19 @@ template <typename T>
 NX_PONO_INLINE void pono_blocks(const T* x, T* y, T* mean_out, T* std_out, int64_t channels, int64_t positions, int64_t block,
                  int64_t blocks_per_sample, int64_t begin, int64_t end, float eps, bool unbiased,
                  bool nt = false) noexcept {
-  for (int64_t b = begin; b < end; ++b) {
-    const int64_t n = b / blocks_per_sample;
+  struct Pos {
+    int64_t n, p0, len;
+  };
+  const auto at = [&](int64_t b) NX_PONO_LAMBDA -> Pos {
     const int64_t p0 = (b % blocks_per_sample) * block;
-    const int64_t len = (positions - p0 < block) ? positions - p0 : block;
-    const T* next = nullptr;
-    int64_t next_len = 0;
-    if (b + 1 < end) {
-      const int64_t nn = (b + 1) / blocks_per_sample;
-      const int64_t np0 = ((b + 1) % blocks_per_sample) * block;
-      next = x + nn * channels * positions + np0;
-      next_len = (positions - np0 < block) ? positions - np0 : block;
-    }
-    pono_block<T>(x, y, mean_out, std_out, channels, positions, n, p0, len, eps, unbiased, nt, next, next_len);
+    return {b / blocks_per_sample, p0, (positions - p0 < block) ? positions - p0 : block};
+  };
+  for (int64_t b = begin; b < end; ++b) {
+    const Pos cur = at(b);
+    const Pos nxt = at(b + 1);  // prefetched while this block is written, when the task runs it next
+    const bool has_next = b + 1 < end;
+    pono_block<T>(x, y, mean_out, std_out, channels, positions, cur.n, cur.p0, cur.len, eps, unbiased, nt,
+                  has_next ? x + nxt.n * channels * positions + nxt.p0 : nullptr, has_next ? nxt.len : 0);
   }
 }
 

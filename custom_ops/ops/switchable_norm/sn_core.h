@@ -100,33 +100,55 @@ void plane_stats(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   }
 }
 
+// LN statistics of one sample from its C planes' IN statistics (law of total variance):
+// mean_ln = mean of the plane means, var_ln = mean of the plane variances + variance of the
+// plane means. in_mean(c), in_var(c): double.
+struct LnStats {
+  double mean, var;
+};
+template <typename MeanOf, typename VarOf>
+inline LnStats ln_stats(int64_t C, const MeanOf& in_mean, const VarOf& in_var) noexcept {
+  const double inv_c = 1.0 / static_cast<double>(C);
+  double s = 0.0;
+  for (int64_t c = 0; c < C; ++c) s += in_mean(c);
+  const double mean_ln = s * inv_c;
+  double sv = 0.0, se = 0.0;
+  for (int64_t c = 0; c < C; ++c) {
+    const double e = in_mean(c) - mean_ln;
+    sv += in_var(c);
+    se += e * e;
+  }
+  return {mean_ln, sv * inv_c + se * inv_c};
+}
+
+// Channel c's softmax-mixed mean mu and multiplier a = scale / sqrt(var + eps), from the
+// sample's LN statistics and the plane's IN mean / variance (BN: the running statistics).
+struct Mixed {
+  double mu, a;
+};
+template <typename T>
+inline Mixed mix_channel(const Tensors<T>& t, int64_t c, const LnStats& ln, double in_mean, double in_var) noexcept {
+  double mu = t.wm.ln * ln.mean;
+  double v = t.wv.ln * ln.var;
+  if (t.wm.has_in) mu = t.wm.in * in_mean + mu;
+  if (t.wv.has_in) v = t.wv.in * in_var + v;
+  if (t.wm.has_bn) mu = mu + t.wm.bn * static_cast<double>(moments::load(t.running_mean[c]));
+  if (t.wv.has_bn) v = v + t.wv.bn * static_cast<double>(moments::load(t.running_var[c]));
+  return {mu, static_cast<double>(moments::load(t.scale[c])) / std::sqrt(v + static_cast<double>(t.eps))};
+}
+
 // Phase 2 on samples [begin, end).
 template <typename T>
 void mix_samples(const Tensors<T>& t, int64_t begin, int64_t end) noexcept {
   const int64_t C = t.channels;
-  const double inv_c = 1.0 / static_cast<double>(C);
   for (int64_t n = begin; n < end; ++n) {
     double* mean = t.stat0 + (n * C - t.stat_base);
     double* var = t.stat1 + (n * C - t.stat_base);
-    double s = 0.0;
-    for (int64_t c = 0; c < C; ++c) s += mean[c];
-    const double mean_ln = s * inv_c;
-    double sv = 0.0, se = 0.0;
+    const LnStats ln = ln_stats(C, [mean](int64_t c) { return mean[c]; }, [var](int64_t c) { return var[c]; });
     for (int64_t c = 0; c < C; ++c) {
-      const double e = mean[c] - mean_ln;
-      sv += var[c];
-      se += e * e;
-    }
-    const double var_ln = sv * inv_c + se * inv_c;
-    for (int64_t c = 0; c < C; ++c) {
-      double mu = t.wm.ln * mean_ln;
-      double v = t.wv.ln * var_ln;
-      if (t.wm.has_in) mu = t.wm.in * mean[c] + mu;
-      if (t.wv.has_in) v = t.wv.in * var[c] + v;
-      if (t.wm.has_bn) mu = mu + t.wm.bn * static_cast<double>(moments::load(t.running_mean[c]));
-      if (t.wv.has_bn) v = v + t.wv.bn * static_cast<double>(moments::load(t.running_var[c]));
-      mean[c] = mu;
-      var[c] = static_cast<double>(moments::load(t.scale[c])) / std::sqrt(v + static_cast<double>(t.eps));
+      const Mixed m = mix_channel(t, c, ln, mean[c], var[c]);
+      mean[c] = m.mu;
+      var[c] = m.a;
     }
   }
 }
@@ -177,34 +199,20 @@ void one_element_planes(const Tensors<T>& t, int64_t begin, int64_t end) noexcep
   using C = typename moments::compute_type<T>::type;
   constexpr int64_t kChunk = moments::kHalfChunk;
   const int64_t ch = t.channels;
-  const double inv_c = 1.0 / static_cast<double>(ch);
   C buf[kChunk];
   for (int64_t n = begin; n < end; ++n) {
     const T* x = t.x + n * ch;
     T* y = t.y + n * ch;
-    double s = 0.0;
-    for (int64_t c = 0; c < ch; ++c) s += static_cast<double>(moments::load(x[c]));
-    const double mean_ln = s * inv_c;
-    double se = 0.0;
-    for (int64_t c = 0; c < ch; ++c) {
-      const double e = static_cast<double>(moments::load(x[c])) - mean_ln;
-      se += e * e;
-    }
-    const double var_ln = 0.0 * inv_c + se * inv_c;  // (IN variances: 0)
+    const LnStats ln = ln_stats(
+        ch, [x](int64_t c) { return static_cast<double>(moments::load(x[c])); }, [](int64_t) { return 0.0; });
     for (int64_t c0 = 0; c0 < ch; c0 += kChunk) {
       const int64_t len = (ch - c0 < kChunk) ? ch - c0 : kChunk;
       for (int64_t k = 0; k < len; ++k) {
         const int64_t c = c0 + k;
         const C xv = static_cast<C>(moments::load(x[c]));
-        double mu = t.wm.ln * mean_ln;
-        double v = t.wv.ln * var_ln;
-        if (t.wm.has_in) mu = t.wm.in * static_cast<double>(xv) + mu;
-        if (t.wv.has_in) v = t.wv.in * 0.0 + v;
-        if (t.wm.has_bn) mu = mu + t.wm.bn * static_cast<double>(moments::load(t.running_mean[c]));
-        if (t.wv.has_bn) v = v + t.wv.bn * static_cast<double>(moments::load(t.running_var[c]));
-        const double a = static_cast<double>(moments::load(t.scale[c])) / std::sqrt(v + static_cast<double>(t.eps));
-        const moments::Split<C> m = moments::split<C>(mu);
-        buf[k] = ((xv - m.hi) - m.lo) * static_cast<C>(a) + static_cast<C>(moments::load(t.bias[c]));
+        const Mixed mx = mix_channel(t, c, ln, static_cast<double>(xv), 0.0);
+        const moments::Split<C> m = moments::split<C>(mx.mu);
+        buf[k] = ((xv - m.hi) - m.lo) * static_cast<C>(mx.a) + static_cast<C>(moments::load(t.bias[c]));
       }
       if constexpr (std::is_same<T, half>::value) {
         float_to_half_n(buf, y + c0, static_cast<size_t>(len));
