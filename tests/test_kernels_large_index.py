@@ -177,23 +177,29 @@ def nhwc(a):
 
 # ---- the cases (each owns its arrays through ``mem``) -------------------------------------------
 
+def channels_first_and_last(x, y):
+    """(channels_last, X view, Y view, C, float64 X of the checked samples in NCHW, to_layout) for
+    the buffers as allocated and again as channels-last (N, 6, 8, 64)."""
+    for last in (0, 1):
+        shape = (N, 6, 8, 64) if last else x.shape
+        xs, ys = x.reshape(shape), y.reshape(shape)
+        yield (last, xs, ys, shape[-1] if last else shape[1], nchw(at(xs)) if last else at(xs),
+               nhwc if last else (lambda e: e))
+
+
 def case_frn(mem):
     """FilterResponseNorm, (N, 4, 24, 32): planes of 768; again as channels-last (N, 6, 8, 64)."""
     x = fill(mem.setdefault("X", np.empty((N, 4, 24, 32), F16)), SAMPLE, 1)
     y = mem.setdefault("Y", np.empty_like(x))
     eps = 1e-6
-    for last in (0, 1):
-        shape = (N, 6, 8, 64) if last else x.shape
-        xs, ys = x.reshape(shape), y.reshape(shape)
-        c = shape[-1] if last else shape[1]
+    for last, xs, ys, c, xi, layout in channels_first_and_last(x, y):
         p = {"gamma": small(c, 2), "beta": small(c, 3, -0.5, 0.5), "tau": small(c, 4, -1.0, 0.0)}
         q = {k: v.astype(np.float64) for k, v in p.items()}
         m = op_model("FilterResponseNorm", {"X": 4, "gamma": 1, "beta": 1, "tau": 1}, ["Y"], eps=eps, tlu=1,
                      channels_last=last)
         run_bound(m, {"X": xs, **p}, {"Y": ys})
-        xi = nchw(at(xs)) if last else at(xs)
         e = frn_ref.filter_response_norm(xi, q["gamma"], q["beta"], q["tau"], f32(eps))
-        assert_close(f"FRN channels_last={last}", [ys], [nhwc(e) if last else e], tol("frn"))
+        assert_close(f"FRN channels_last={last}", [ys], [layout(e)], tol("frn"))
 
 
 def case_groupnorm(mem):
@@ -201,18 +207,14 @@ def case_groupnorm(mem):
     x = fill(mem.setdefault("X", np.empty((N, 8, 16, 24), F16)), SAMPLE, 11)
     y = mem.setdefault("Y", np.empty_like(x))
     eps = 1e-5
-    for last in (0, 1):
-        shape = (N, 6, 8, 64) if last else x.shape
-        xs, ys = x.reshape(shape), y.reshape(shape)
-        c = shape[-1] if last else shape[1]
+    for last, xs, ys, c, xi, layout in channels_first_and_last(x, y):
         p = {"scale": small(c, 12), "bias": small(c, 13, -0.5, 0.5)}
         q = {k: v.astype(np.float64) for k, v in p.items()}
         m = op_model("GroupNorm", {"X": 4, "scale": 1, "bias": 1}, ["Y"], num_groups=4, epsilon=eps,
                      channels_last=last)
         run_bound(m, {"X": xs, **p}, {"Y": ys})
-        xi = nchw(at(xs)) if last else at(xs)
         e = standard.group_norm(xi, 4, q["scale"], q["bias"], f32(eps))
-        assert_close(f"GroupNorm channels_last={last}", [ys], [nhwc(e) if last else e], tol("groupnorm"))
+        assert_close(f"GroupNorm channels_last={last}", [ys], [layout(e)], tol("groupnorm"))
 
 
 def case_positional_norm(mem):
